@@ -1,0 +1,172 @@
+"""Command line: parse arguments, call one function, map known errors to one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hpsearch.errors import HpsearchError, mask_url
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    # hpsearch prints its own line per trial; Optuna's INFO lines would repeat them.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpsearch.config import load_study
+    from hpsearch.runner import run_study
+    from hpsearch.storage import resolve_url
+
+    cfg = load_study(args.study)
+    if args.data:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=args.data))
+    if args.device:
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, device=args.device))
+    _quiet_optuna()
+    url = resolve_url(args.storage)
+    try:
+        run_study(cfg, url, console, n_trials=args.n_trials)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: the running trial was marked FAIL; finished trials are kept in "
+            f"{mask_url(url)}. Run the same command again to resume."
+        )
+        return 130
+    return 0
+
+
+def _open_study(args: argparse.Namespace):
+    import optuna
+
+    from hpsearch.storage import open_storage, resolve_url, study_names
+
+    url = resolve_url(args.storage)
+    storage = open_storage(url, create=False)
+    names = study_names(storage)
+    if args.study not in names:
+        from hpsearch.schema import suggest
+
+        raise HpsearchError(
+            f"no study '{args.study}' in {mask_url(url)}{suggest(args.study, names)}; "
+            f"studies there: {', '.join(names) or 'none'}"
+        )
+    return optuna.load_study(study_name=args.study, storage=storage)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpsearch.export import best_config, write_yaml
+
+    _quiet_optuna()
+    study = _open_study(args)
+    doc = best_config(study)
+    out = Path(args.output or f"runs/{study.study_name}/best.yaml")
+    write_yaml(doc, out)
+    r = doc["result"]
+    console.print(
+        f"wrote {out}: trial {r['trial']}, valid MSE {r['value']:.6g} "
+        f"(predict zero {r['baselines_valid_mse']['zero']:.6g}, train mean {r['baselines_valid_mse']['train_mean']:.6g})"
+    )
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    import optuna
+
+    from hpsearch.storage import open_storage, resolve_url
+
+    _quiet_optuna()
+    url = resolve_url(args.storage)
+    storage = open_storage(url, create=False)
+    table = Table(title=f"studies in {mask_url(url)}")
+    for col in ("study", "trials", "complete", "pruned", "failed", "running", "best value", "best trial"):
+        table.add_column(col, justify="left" if col == "study" else "right")
+    for summary in sorted(optuna.get_all_study_summaries(storage), key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        best = summary.best_trial
+        table.add_row(
+            summary.study_name, str(len(states)), *(str(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
+            f"{best.value:.6g}" if best else "-", str(best.number) if best else "-",
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    import optuna
+
+    from hpsearch.storage import resolve_url
+
+    study = _open_study(args)
+    optuna.delete_study(study_name=study.study_name, storage=study._storage)
+    console.print(f"deleted study '{args.study}' from {mask_url(resolve_url(args.storage))}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from hpsearch.config import builtin_studies, load_study
+
+    for name, path in sorted(builtin_studies().items()):
+        cfg = load_study(str(path))
+        console.print(f"[bold]{name}[/]: {cfg.description.strip().splitlines()[0] if cfg.description else ''}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "run": (cmd_run, "run (or resume) a study until it holds n_trials finished trials"),
+    "export": (cmd_export, "write the best trial of a study as a YAML run config"),
+    "studies": (cmd_studies, "list the studies in a storage with trial counts and best values"),
+    "delete": (cmd_delete, "delete a study and its trials from a storage"),
+    "list": (cmd_list, "list the built-in study files"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpsearch", description="Hyperparameter searches on daily stock bars.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cmds = {name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in COMMANDS.items()}
+    storage_help = "Optuna storage URL (default: $HPSEARCH_STORAGE, else sqlite:///runs/hpsearch.db)"
+
+    run = cmds["run"]
+    run.add_argument("--study", required=True, help="built-in study name, ./studies/NAME.yaml, or a .yaml file")
+    run.add_argument("--data", help="folder of per-ticker CSVs (default: the study's, else the shipped sample)")
+    run.add_argument("--n-trials", type=int, help="total finished trials to reach (overrides the study file)")
+    run.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides training.device)")
+    for name in ("export", "delete"):
+        cmds[name].add_argument("--study", required=True, help="study name in the storage")
+    cmds["export"].add_argument("-o", "--output", help="YAML file to write (default runs/<study>/best.yaml)")
+    for name in ("run", "export", "studies", "delete"):
+        cmds[name].add_argument("--storage", help=storage_help)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][0](args)
+    except HpsearchError as exc:
+        if args.debug:
+            raise
+        err_console.print(f"hpsearch: error: {mask_url(str(exc))}", markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

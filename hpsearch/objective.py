@@ -1,0 +1,84 @@
+"""The only module that talks to Optuna trials: suggest -> build -> train -> report/prune -> value.
+
+Two different stops, on purpose:
+- overfitting (validation loss not improving for `patience` epochs) ends the trial COMPLETE
+  with its best-epoch value: the trial was informative, it just peaked early;
+- a hopeless trial (worse than the others at the same epoch) is PRUNED by the study's pruner.
+The trial's value is the best validation loss, never the last one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import optuna
+
+from hpsearch.config import StudyConfig
+from hpsearch.models import build_model
+from hpsearch.search import suggest_params
+from hpsearch.train import EpochResult, seed_everything, train
+from hpsearch.windows import WindowData
+
+EpochHook = Callable[[optuna.Trial, EpochResult], None]
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+class Objective:
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        data: WindowData,
+        valid_anchors: np.ndarray,
+        on_epoch: EpochHook | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.valid_anchors = valid_anchors
+        self.on_epoch = on_epoch
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest_params(trial, self.cfg.search)
+        run = self.cfg.with_params(params)
+        seed = self.cfg.seed + trial.number  # each trial its own initialisation, recorded
+        trial.set_user_attr("seed", seed)
+        seed_everything(seed)
+        model = build_model(run.model_family, run.model, self.data.spec)
+        history: list[EpochResult] = []
+
+        def report(ep: EpochResult) -> None:
+            history.append(ep)
+            trial.report(ep.valid_loss, ep.epoch)
+            if self.on_epoch is not None:
+                self.on_epoch(trial, ep)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {ep.epoch}: valid loss {ep.valid_loss:.6g}")
+
+        try:
+            result = train(model, self.data, run.training, seed, self.valid_anchors, on_epoch=report)
+        except optuna.TrialPruned:
+            self._record(trial, history, "pruned")
+            raise
+        except KeyboardInterrupt:
+            self._record(trial, history, "interrupted")
+            raise
+        self._record(trial, history, result.stop_reason, seconds=result.seconds)
+        if result.stop_reason == "diverged" or not math.isfinite(result.best_valid):
+            # Never hand Optuna a NaN: a diverged run is pruned, its parameters and reason kept.
+            raise optuna.TrialPruned("diverged: non-finite loss")
+        trial.set_user_attr("valid_step1_mse", _r(result.best_valid_step1))
+        return result.best_valid
+
+    @staticmethod
+    def _record(trial: optuna.Trial, history: list[EpochResult], reason: str, seconds: float | None = None) -> None:
+        best = min(history, key=lambda e: e.valid_loss) if history else None
+        trial.set_user_attr("stop_reason", reason)
+        trial.set_user_attr("epochs", len(history))
+        trial.set_user_attr("best_epoch", best.epoch if best else 0)
+        trial.set_user_attr("train_loss", [_r(e.train_loss) for e in history])
+        trial.set_user_attr("valid_loss", [_r(e.valid_loss) for e in history])
+        trial.set_user_attr("train_seconds", round(seconds if seconds is not None else sum(e.seconds for e in history), 2))

@@ -1,0 +1,170 @@
+"""Run a study: config -> data -> windows -> storage -> optimize, in that order.
+
+Everything that can fail on the user's input (study file, data folder, storage URL) fails
+before a study is created, so a failed start leaves the storage as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import sklearn
+import torch
+from rich.console import Console
+
+import hpsearch
+from hpsearch.config import StudyConfig, from_dict
+from hpsearch.data import Bars, LoadReport, load_bars
+from hpsearch.errors import ConfigError, mask_url
+from hpsearch.metrics import baselines
+from hpsearch.objective import Objective
+from hpsearch.progress import SearchProgress, best_trials_table
+from hpsearch.search import make_pruner, make_sampler
+from hpsearch.storage import open_storage
+from hpsearch.train import resolve_device, valid_subset
+from hpsearch.windows import WindowData, build_windows
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# Keys of the stored config that may change between runs of the same study.
+MUTABLE_KEYS = ("n_trials", "description")
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import pandas
+
+    return {
+        "hpsearch": hpsearch.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "optuna": optuna.__version__, "numpy": numpy.__version__, "pandas": pandas.__version__,
+        "scikit-learn": sklearn.__version__, "platform": platform.platform(),
+    }
+
+
+@dataclass
+class Prepared:
+    cfg: StudyConfig
+    bars: Bars
+    windows: WindowData
+    valid_anchors: Any
+    baselines: dict[str, float]
+
+
+def prepare(cfg: StudyConfig, device: torch.device) -> Prepared:
+    d = cfg.data
+    bars = load_bars(d.path, d.tickers, min_rows=d.seq_len + d.horizon + d.output_window - 1,
+                     drop_zero_volume=d.drop_zero_volume)
+    windows = build_windows(bars, d, cfg.split, cfg.embargo).to(device)
+    # The same validation windows for every trial (seeded by the study, not the trial), so that
+    # trial values are comparable.
+    valid = valid_subset(windows, cfg.training.valid_samples, cfg.seed)
+    targets = windows.y.cpu().numpy()[valid[:, None] + range(d.output_window)]
+    return Prepared(cfg, bars, windows, valid, baselines(targets, windows.train_label_mean))
+
+
+def describe_data(console: Console, report: LoadReport, w: WindowData, fingerprint: dict) -> None:
+    dropped = ", ".join(f"{k}: {v}" for k, v in report.dropped.items() if v) or "none"
+    console.print(
+        f"data: {fingerprint['n_tickers']} tickers from {fingerprint['source']}, "
+        f"{fingerprint['first_date']} .. {fingerprint['last_date']}, {fingerprint['rows']} rows; "
+        f"rows dropped: {dropped}; zero-volume rows: {report.zero_volume_rows}"
+    )
+    for ticker, why in {**report.skipped, **w.skipped}.items():
+        console.print(f"[yellow]warning[/]: skipped {ticker}: {why}")
+    for note in report.notes:
+        console.print(f"[yellow]warning[/]: {note}")
+    seg = "; ".join(f"{s.name} {s.first.date()} .. {s.last.date()} ({s.windows} windows)" for s in w.segments.values())
+    console.print(f"split: {seg}")
+
+
+def check_resumable(study: optuna.Study, cfg: StudyConfig, fingerprint: dict) -> None:
+    """A stored study must have been created from the same question and the same data."""
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        return
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in MUTABLE_KEYS and stored.get(k) != now[k]]
+    if diff:
+        raise ConfigError(
+            f"study '{cfg.name}' already exists in this storage with a different {', '.join(diff)}; "
+            f"give the study a new `name` (or delete it: hpsearch delete --study {cfg.name})"
+        )
+    old = study.user_attrs.get("data_fingerprint", {}).get("sha256")
+    if old and old != fingerprint["sha256"]:
+        raise ConfigError(
+            f"study '{cfg.name}' was run on different data (fingerprint {old[:12]} vs {fingerprint['sha256'][:12]}); "
+            f"give the study a new `name`"
+        )
+
+
+def run_study(
+    cfg: StudyConfig,
+    storage_url: str,
+    console: Console,
+    n_trials: int | None = None,
+) -> optuna.Study:
+    if n_trials is not None:
+        if n_trials < 1:
+            raise ConfigError(f"--n-trials >= 1 must hold, got {n_trials}")
+        cfg = dataclasses.replace(cfg, n_trials=n_trials)
+    device = resolve_device(cfg.training.device)
+    prep = prepare(cfg, device)
+    describe_data(console, prep.bars.report, prep.windows, prep.bars.fingerprint)
+
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        check_resumable(study, cfg, prep.bars.fingerprint)
+    except KeyError:
+        study = None
+    done = 0 if study is None else sum(t.state in FINISHED for t in study.trials)
+    started = 0 if study is None else len(study.trials)
+    # A restarted seeded sampler would replay the parameters it proposed before; offsetting the
+    # seed by the number of trials already in the study gives a fresh, still reproducible stream.
+    sampler = make_sampler(cfg.sampler, cfg.seed + started)
+    study = optuna.create_study(
+        study_name=cfg.name, storage=storage, sampler=sampler, pruner=make_pruner(cfg.pruner),
+        direction="minimize", load_if_exists=True,
+    )
+    if "config" not in study.user_attrs:
+        study.set_user_attr("config", cfg.to_dict())
+        study.set_user_attr("data_fingerprint", {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"})
+        study.set_user_attr("data_files_sha256", prep.bars.fingerprint["file_sha256"])
+        study.set_user_attr("versions", versions())
+        study.set_user_attr("baselines_valid_mse", prep.baselines)
+        study.set_user_attr("valid_windows", int(len(prep.valid_anchors)))
+        study.set_user_attr("segments", {s.name: [str(s.first.date()), str(s.last.date()), s.windows]
+                                         for s in prep.windows.segments.values()})
+    remaining = cfg.n_trials - done
+    console.print(
+        f"study '{cfg.name}' in {mask_url(storage_url)}: {done} of {cfg.n_trials} trials finished, "
+        f"running {max(remaining, 0)} on {device}"
+    )
+    if remaining <= 0:
+        console.print(best_trials_table(study, prep.baselines))
+        return study
+
+    objective = Objective(cfg, prep.windows, prep.valid_anchors)
+    with SearchProgress(console, cfg.n_trials, done, cfg.training.max_epochs) as progress:
+        objective.on_epoch = progress.on_epoch
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            callbacks=[
+                optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED),
+                progress.on_trial_end,
+            ],
+            gc_after_trial=False,
+        )
+    console.print(best_trials_table(study, prep.baselines))
+    return study
+
+
+def stored_config(study: optuna.Study) -> StudyConfig:
+    raw = study.user_attrs.get("config")
+    if raw is None:
+        raise ConfigError(f"study '{study.study_name}' was not created by hpsearch (no stored config)")
+    return from_dict(raw, f"study '{study.study_name}' (stored config)")

@@ -1,0 +1,76 @@
+"""Optuna's samplers and pruners by the names study files use, and search-space sampling."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from hpsearch.errors import ConfigError
+from hpsearch.schema import suggest
+
+SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "gp": optuna.samplers.GPSampler,
+}
+
+PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "wilcoxon": optuna.pruners.WilcoxonPruner,
+    "none": optuna.pruners.NopPruner,
+}
+
+_REGISTRIES = {"sampler": SAMPLERS, "pruner": PRUNERS}
+
+
+def check_component(kind: str, component: Any, where: str) -> None:
+    """Unknown names and unknown constructor options are errors that list the valid ones."""
+    registry = _REGISTRIES[kind]
+    if component.name not in registry:
+        raise ConfigError(
+            f"{where}: {kind}: unknown {kind} '{component.name}'{suggest(component.name, registry)}; "
+            f"valid: {', '.join(registry)}"
+        )
+    params = inspect.signature(registry[component.name]).parameters
+    valid = [p for p in params if p not in ("self", "seed")]
+    for key in component.options:
+        if key not in valid:
+            raise ConfigError(
+                f"{where}: {kind}.{key}: unknown option for {component.name}{suggest(key, valid)}; "
+                f"valid: {', '.join(valid)}"
+            )
+
+
+def make_sampler(component: Any, seed: int) -> optuna.samplers.BaseSampler:
+    cls = SAMPLERS[component.name]
+    kwargs = dict(component.options)
+    if "seed" in inspect.signature(cls).parameters:
+        kwargs["seed"] = seed
+    return cls(**kwargs)
+
+
+def make_pruner(component: Any) -> optuna.pruners.BasePruner:
+    return PRUNERS[component.name](**component.options)
+
+
+def suggest_params(trial: optuna.Trial, space: tuple) -> dict[str, Any]:
+    """Sample every parameter of the search space (define-by-run)."""
+    params: dict[str, Any] = {}
+    for p in space:
+        if p.type == "float":
+            params[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            step = int(p.step) if p.step else 1
+            params[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=step)
+        else:
+            params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return params

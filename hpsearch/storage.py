@@ -1,0 +1,66 @@
+"""Storage URL -> Optuna storage. SQLite by default; any SQLAlchemy URL (PostgreSQL first).
+
+Opening a storage never creates a study; the caller does that only once everything else has
+loaded, so a run that fails early leaves the storage exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+from sqlalchemy.exc import SQLAlchemyError
+
+from hpsearch.errors import StorageError, mask_url
+
+DEFAULT_URL = "sqlite:///runs/hpsearch.db"  # relative to the working directory
+ENV_VAR = "HPSEARCH_STORAGE"
+HEARTBEAT_SECONDS = 60  # a trial whose process died is marked FAIL after ~2 missed beats
+
+
+def resolve_url(url: str | None) -> str:
+    """--storage, else $HPSEARCH_STORAGE, else the default SQLite file."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+
+
+def sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///") :]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats; a trial left RUNNING by a killed worker is retried once.
+
+    With `create=False` a missing SQLite file is an error instead of a new empty database.
+    """
+    path = sqlite_path(url)
+    engine_kwargs = {}
+    if path is not None:
+        if not create and not path.is_file():
+            raise StorageError(f"no storage at {url} (run a study first, or pass --storage)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Parallel workers and the dashboard share the file: wait for the lock instead of failing.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        with warnings.catch_warnings():
+            # Heartbeats have carried the "experimental" label since Optuna 2.8; they are what
+            # recovers trials whose worker was killed, so we use them on purpose.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=2 * HEARTBEAT_SECONDS,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"cannot open storage {mask_url(url)}: {mask_url(first)}") from None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return sorted(s.study_name for s in storage.get_all_studies())

@@ -1,0 +1,162 @@
+"""The one training loop, for every model family. It knows nothing of Optuna.
+
+Adam on MSE over all W output steps; each epoch draws `samples_per_epoch` training windows
+afresh (all of them when 0); validation runs on a fixed set of windows after every epoch. The
+weights of the best validation epoch are kept. Stops: `patience` epochs without improvement
+("early_stop"), `max_epochs` ("max_epochs"), a non-finite training loss ("diverged"), or an
+exception raised by `on_epoch` (how the objective prunes).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpsearch.config import TrainConfig
+from hpsearch.windows import WindowData
+
+EVAL_BATCH = 4096  # inference needs no gradients, so large batches are cheap and fast
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    valid_loss: float  # MSE over all W steps
+    valid_step1: float  # MSE of the first step alone (comparable across W)
+    best_valid: float
+    best_epoch: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    best_valid: float
+    best_valid_step1: float
+    best_epoch: int
+    stop_reason: str
+    history: list[EpochResult] = field(default_factory=list)
+    best_state: dict | None = None
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from hpsearch.errors import ConfigError
+
+        raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def valid_subset(data: WindowData, n: int, seed: int) -> np.ndarray:
+    """A fixed, sorted sample of validation anchors (all when n == 0 or n >= available)."""
+    anchors = data.anchors["valid"]
+    if n == 0 or n >= len(anchors):
+        return anchors
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(anchors, size=n, replace=False))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data: WindowData, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and targets, each (len(anchors), W), in anchor order."""
+    model.eval()
+    device = data.x.device
+    preds, trues = [], []
+    for start in range(0, len(anchors), EVAL_BATCH):
+        idx = torch.as_tensor(anchors[start : start + EVAL_BATCH], device=device)
+        x, y, tk = data.gather(idx)
+        preds.append(model(x, tk).float().cpu())
+        trues.append(y.cpu())
+    return torch.cat(preds).numpy(), torch.cat(trues).numpy()
+
+
+def _valid_losses(model: nn.Module, data: WindowData, anchors: np.ndarray) -> tuple[float, float]:
+    pred, true = predict(model, data, anchors)
+    err = (pred.astype(np.float64) - true) ** 2
+    return float(err.mean()), float(err[:, 0].mean())
+
+
+def train(
+    model: nn.Module,
+    data: WindowData,
+    cfg: TrainConfig,
+    seed: int,
+    valid_anchors: np.ndarray,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> TrainResult:
+    device = data.x.device
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.MSELoss()
+    gen = torch.Generator().manual_seed(seed)
+    train_anchors = torch.as_tensor(data.anchors["train"])
+    n_train = len(train_anchors)
+    per_epoch = cfg.samples_per_epoch if 0 < cfg.samples_per_epoch < n_train else n_train
+
+    result = TrainResult(best_valid=math.inf, best_valid_step1=math.inf, best_epoch=0, stop_reason="max_epochs")
+    t0 = time.perf_counter()
+    for epoch in range(1, cfg.max_epochs + 1):
+        te = time.perf_counter()
+        model.train()
+        order = train_anchors[torch.randperm(n_train, generator=gen)[:per_epoch]].to(device)
+        total, count, diverged = 0.0, 0, False
+        for start in range(0, per_epoch, cfg.batch_size):
+            x, y, tk = data.gather(order[start : start + cfg.batch_size])
+            loss = loss_fn(model(x, tk), y)
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            count += len(y)
+        if diverged:
+            result.stop_reason = "diverged"
+            break
+        valid_loss, valid_step1 = _valid_losses(model, data, valid_anchors)
+        if not math.isfinite(valid_loss):
+            result.stop_reason = "diverged"
+            break
+        if valid_loss < result.best_valid - cfg.min_delta:
+            result.best_valid, result.best_valid_step1, result.best_epoch = valid_loss, valid_step1, epoch
+            result.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        ep = EpochResult(
+            epoch=epoch,
+            train_loss=total / max(count, 1),
+            valid_loss=valid_loss,
+            valid_step1=valid_step1,
+            best_valid=result.best_valid,
+            best_epoch=result.best_epoch,
+            seconds=time.perf_counter() - te,
+        )
+        result.history.append(ep)
+        if on_epoch is not None:
+            on_epoch(ep)  # may raise (the objective prunes this way); history is kept on result
+        if epoch - result.best_epoch >= cfg.patience:
+            result.stop_reason = "early_stop"
+            break
+    result.seconds = time.perf_counter() - t0
+    return result
