@@ -75,9 +75,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output or f"runs/{study.study_name}/best.yaml")
     write_yaml(doc, out)
     r = doc["result"]
+    base = r["baselines_valid_mse"]
     console.print(
         f"wrote {out}: trial {r['trial']}, valid MSE {r['value']:.6g} "
-        f"(predict zero {r['baselines_valid_mse']['zero']:.6g}, train mean {r['baselines_valid_mse']['train_mean']:.6g})"
+        f"(predict zero {base['zero']:.6g}, predict train mean {base['train_mean']:.6g})"
     )
     return 0
 
@@ -98,8 +99,11 @@ def cmd_studies(args: argparse.Namespace) -> int:
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
         best = summary.best_trial
         table.add_row(
-            summary.study_name, str(len(states)), *(str(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
-            f"{best.value:.6g}" if best else "-", str(best.number) if best else "-",
+            summary.study_name,
+            str(len(states)),
+            *(str(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
+            f"{best.value:.6g}" if best else "-",
+            str(best.number) if best else "-",
         )
     console.print(table)
     return 0
@@ -121,7 +125,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     for name, path in sorted(builtin_studies().items()):
         cfg = load_study(str(path))
-        console.print(f"[bold]{name}[/]: {cfg.description.strip().splitlines()[0] if cfg.description else ''}")
+        console.print(
+            f"[bold]{name}[/]: {cfg.description.strip().splitlines()[0] if cfg.description else ''}"
+        )
     return 0
 
 
@@ -138,12 +144,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpsearch", description="Hyperparameter searches on daily stock bars.")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cmds = {name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in COMMANDS.items()}
+    cmds = {
+        name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in COMMANDS.items()
+    }
     storage_help = "Optuna storage URL (default: $HPSEARCH_STORAGE, else sqlite:///runs/hpsearch.db)"
 
     run = cmds["run"]
-    run.add_argument("--study", required=True, help="built-in study name, ./studies/NAME.yaml, or a .yaml file")
-    run.add_argument("--data", help="folder of per-ticker CSVs (default: the study's, else the shipped sample)")
+    run.add_argument(
+        "--study", required=True, help="built-in study name, ./studies/NAME.yaml, or a .yaml file"
+    )
+    run.add_argument(
+        "--data", help="folder of per-ticker CSVs (default: the study's, else the shipped sample)"
+    )
     run.add_argument("--n-trials", type=int, help="total finished trials to reach (overrides the study file)")
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides training.device)")
     for name in ("export", "delete"):

@@ -52,8 +52,7 @@ class DataConfig:
             raise ValueError(f"label_scale > 0 must hold, got label_scale={self.label_scale}")
         if self.ticker_encoding not in TICKER_ENCODINGS:
             raise ValueError(
-                f"ticker_encoding must be one of {', '.join(TICKER_ENCODINGS)}, "
-                f"got '{self.ticker_encoding}'"
+                f"ticker_encoding must be one of {', '.join(TICKER_ENCODINGS)}, got '{self.ticker_encoding}'"
             )
         if self.price_features not in PRICE_FEATURES:
             raise ValueError(
@@ -198,16 +197,29 @@ class StudyConfig:
             "split": as_dict(self.split),
             "model": {"family": self.model_family, **as_dict(self.model)},
             "training": as_dict(self.training),
-            "search": {p.name: {k: v for k, v in as_dict(p).items() if k != "name" and v not in (None, False)}
-                       for p in self.search},
+            "search": {
+                p.name: {k: v for k, v in as_dict(p).items() if k != "name" and v not in (None, False)}
+                for p in self.search
+            },
             "sampler": {"name": self.sampler.name, **self.sampler.options},
             "pruner": {"name": self.pruner.name, **self.pruner.options},
         }
         return out
 
 
-TOP_KEYS = ("name", "description", "n_trials", "seed", "data", "split", "model", "training",
-            "search", "sampler", "pruner")
+TOP_KEYS = (
+    "name",
+    "description",
+    "n_trials",
+    "seed",
+    "data",
+    "split",
+    "model",
+    "training",
+    "search",
+    "sampler",
+    "pruner",
+)
 
 
 def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
@@ -249,8 +261,14 @@ def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
         description=coerce(raw.get("description", ""), str, f"{where}: description"),
         n_trials=n_trials,
         seed=coerce(raw.get("seed", 0), int, f"{where}: seed"),
-        data=data, split=split, model_family=fam_name, model=model, training=training,
-        search=search, sampler=sampler, pruner=pruner,
+        data=data,
+        split=split,
+        model_family=fam_name,
+        model=model,
+        training=training,
+        search=search,
+        sampler=sampler,
+        pruner=pruner,
     )
     # Imported here: the registries of samplers and pruners live with the code that builds them.
     from hpsearch.search import check_component
@@ -271,11 +289,12 @@ def _search(raw: Any, model_cls: type, where: str) -> tuple[Param, ...]:
         here = f"{where}: search.{name}"
         if name not in valid:
             raise ConfigError(
-                f"{here}: not a searchable parameter{suggest(str(name), valid)}; "
-                f"valid: {', '.join(valid)}"
+                f"{here}: not a searchable parameter{suggest(str(name), valid)}; valid: {', '.join(valid)}"
             )
         if not isinstance(spec, dict):
-            raise ConfigError(f"{here}: must be a mapping like {{type: float, low: 1.0e-6, high: 1.0e-2, log: true}}")
+            raise ConfigError(
+                f"{here}: must be a mapping like {{type: float, low: 1.0e-6, high: 1.0e-2, log: true}}"
+            )
         params.append(build(Param, {"name": name, **spec}, here))
     return tuple(params)
 
@@ -290,12 +309,12 @@ def _component(raw: Any, default: str, where: str) -> Component:
     options = dict(raw)
     name = coerce(options.pop("name", default), str, f"{where}.name")
     for key, value in options.items():  # `1e-5` in YAML arrives as a string
-        if isinstance(value, str):
-            try:
-                options[key] = float(value) if re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", value) else value
-            except ValueError:
-                pass
+        if isinstance(value, str) and _FLOAT.fullmatch(value):
+            options[key] = float(value)
     return Component(name, options)
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 # --------------------------------------------------------------------------- loading from disk

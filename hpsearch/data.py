@@ -115,7 +115,9 @@ def read_ticker(path: Path, report: LoadReport, drop_zero_volume: bool) -> pd.Da
     bad_date = frame["date"].isna()
     values = frame[numeric].to_numpy(dtype="float64")
     non_finite = ~np.isfinite(values).all(axis=1) & ~bad_date.to_numpy()
-    non_positive = (frame[list(PRICE_COLUMNS)].to_numpy() <= 0).any(axis=1) & ~non_finite & ~bad_date.to_numpy()
+    non_positive = (
+        (frame[list(PRICE_COLUMNS)].to_numpy() <= 0).any(axis=1) & ~non_finite & ~bad_date.to_numpy()
+    )
     keep = ~(bad_date.to_numpy() | non_finite | non_positive)
     report.dropped["unparseable date"] += int(bad_date.sum())
     report.dropped["NaN or inf"] += int(non_finite.sum())

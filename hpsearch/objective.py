@@ -74,11 +74,15 @@ class Objective:
         return result.best_valid
 
     @staticmethod
-    def _record(trial: optuna.Trial, history: list[EpochResult], reason: str, seconds: float | None = None) -> None:
+    def _record(
+        trial: optuna.Trial, history: list[EpochResult], reason: str, seconds: float | None = None
+    ) -> None:
         best = min(history, key=lambda e: e.valid_loss) if history else None
         trial.set_user_attr("stop_reason", reason)
         trial.set_user_attr("epochs", len(history))
         trial.set_user_attr("best_epoch", best.epoch if best else 0)
         trial.set_user_attr("train_loss", [_r(e.train_loss) for e in history])
         trial.set_user_attr("valid_loss", [_r(e.valid_loss) for e in history])
-        trial.set_user_attr("train_seconds", round(seconds if seconds is not None else sum(e.seconds for e in history), 2))
+        trial.set_user_attr(
+            "train_seconds", round(seconds if seconds is not None else sum(e.seconds for e in history), 2)
+        )

@@ -68,7 +68,9 @@ class SearchProgress:
         value = f"{trial.value:.6g}" if complete else "-"
         if complete and (self.best is None or trial.value < self.best):
             self.best = trial.value
-        secs = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
+        secs = (
+            (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
+        )
         self.console.print(
             f"trial {trial.number:>3} {state:<8} value {value:<10} "
             f"best epoch {attrs.get('best_epoch', '-')}/{attrs.get('epochs', '-')} "
@@ -82,16 +84,23 @@ class SearchProgress:
 def best_trials_table(study: optuna.Study, baselines: dict[str, float] | None, top: int = 5) -> Table:
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     done.sort(key=lambda t: t.value)
-    table = Table(title=f"study '{study.study_name}': best {min(top, len(done))} of {len(study.trials)} trials")
+    table = Table(
+        title=f"study '{study.study_name}': best {min(top, len(done))} of {len(study.trials)} trials"
+    )
     for col in ("trial", "valid MSE", "epoch", "stop", "params", "s"):
         table.add_column(col, justify="left" if col in ("trial", "stop", "params") else "right")
     for t in done[:top]:
         a = t.user_attrs
         table.add_row(
-            str(t.number), f"{t.value:.5g}", f"{a.get('best_epoch', '-')}/{a.get('epochs', '-')}",
-            str(a.get("stop_reason", "-")), fmt_params(t.params), f"{a.get('train_seconds', 0):.0f}",
+            str(t.number),
+            f"{t.value:.5g}",
+            f"{a.get('best_epoch', '-')}/{a.get('epochs', '-')}",
+            str(a.get("stop_reason", "-")),
+            fmt_params(t.params),
+            f"{a.get('train_seconds', 0):.0f}",
         )
     for name, value in (baselines or {}).items():
-        table.add_row(f"predict {name.replace('_', ' ')}", f"{value:.5g}", "", "", "(naive baseline)", "",
-                      style="dim")
+        table.add_row(
+            f"predict {name.replace('_', ' ')}", f"{value:.5g}", "", "", "(naive baseline)", "", style="dim"
+        )
     return table

@@ -38,9 +38,14 @@ def versions() -> dict[str, str]:
     import pandas
 
     return {
-        "hpsearch": hpsearch.__version__, "python": platform.python_version(), "torch": torch.__version__,
-        "optuna": optuna.__version__, "numpy": numpy.__version__, "pandas": pandas.__version__,
-        "scikit-learn": sklearn.__version__, "platform": platform.platform(),
+        "hpsearch": hpsearch.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "scikit-learn": sklearn.__version__,
+        "platform": platform.platform(),
     }
 
 
@@ -55,8 +60,12 @@ class Prepared:
 
 def prepare(cfg: StudyConfig, device: torch.device) -> Prepared:
     d = cfg.data
-    bars = load_bars(d.path, d.tickers, min_rows=d.seq_len + d.horizon + d.output_window - 1,
-                     drop_zero_volume=d.drop_zero_volume)
+    bars = load_bars(
+        d.path,
+        d.tickers,
+        min_rows=d.seq_len + d.horizon + d.output_window - 1,
+        drop_zero_volume=d.drop_zero_volume,
+    )
     windows = build_windows(bars, d, cfg.split, cfg.embargo).to(device)
     # The same validation windows for every trial (seeded by the study, not the trial), so that
     # trial values are comparable.
@@ -76,7 +85,9 @@ def describe_data(console: Console, report: LoadReport, w: WindowData, fingerpri
         console.print(f"[yellow]warning[/]: skipped {ticker}: {why}")
     for note in report.notes:
         console.print(f"[yellow]warning[/]: {note}")
-    seg = "; ".join(f"{s.name} {s.first.date()} .. {s.last.date()} ({s.windows} windows)" for s in w.segments.values())
+    seg = "; ".join(
+        f"{s.name} {s.first.date()} .. {s.last.date()} ({s.windows} windows)" for s in w.segments.values()
+    )
     console.print(f"split: {seg}")
 
 
@@ -95,8 +106,8 @@ def check_resumable(study: optuna.Study, cfg: StudyConfig, fingerprint: dict) ->
     old = study.user_attrs.get("data_fingerprint", {}).get("sha256")
     if old and old != fingerprint["sha256"]:
         raise ConfigError(
-            f"study '{cfg.name}' was run on different data (fingerprint {old[:12]} vs {fingerprint['sha256'][:12]}); "
-            f"give the study a new `name`"
+            f"study '{cfg.name}' was run on different data (fingerprint {old[:12]}, now "
+            f"{fingerprint['sha256'][:12]}); give the study a new `name`"
         )
 
 
@@ -126,18 +137,29 @@ def run_study(
     # seed by the number of trials already in the study gives a fresh, still reproducible stream.
     sampler = make_sampler(cfg.sampler, cfg.seed + started)
     study = optuna.create_study(
-        study_name=cfg.name, storage=storage, sampler=sampler, pruner=make_pruner(cfg.pruner),
-        direction="minimize", load_if_exists=True,
+        study_name=cfg.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=make_pruner(cfg.pruner),
+        direction="minimize",
+        load_if_exists=True,
     )
     if "config" not in study.user_attrs:
         study.set_user_attr("config", cfg.to_dict())
-        study.set_user_attr("data_fingerprint", {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"})
+        study.set_user_attr(
+            "data_fingerprint", {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"}
+        )
         study.set_user_attr("data_files_sha256", prep.bars.fingerprint["file_sha256"])
         study.set_user_attr("versions", versions())
         study.set_user_attr("baselines_valid_mse", prep.baselines)
         study.set_user_attr("valid_windows", int(len(prep.valid_anchors)))
-        study.set_user_attr("segments", {s.name: [str(s.first.date()), str(s.last.date()), s.windows]
-                                         for s in prep.windows.segments.values()})
+        study.set_user_attr(
+            "segments",
+            {
+                s.name: [str(s.first.date()), str(s.last.date()), s.windows]
+                for s in prep.windows.segments.values()
+            },
+        )
     remaining = cfg.n_trials - done
     console.print(
         f"study '{cfg.name}' in {mask_url(storage_url)}: {done} of {cfg.n_trials} trials finished, "

@@ -29,8 +29,7 @@ def check_keys(mapping: dict, valid: typing.Iterable[str], where: str) -> None:
     for key in mapping:
         if key not in valid:
             raise ConfigError(
-                f"{where}: unknown key '{key}'{suggest(str(key), valid)}; "
-                f"valid keys: {', '.join(valid)}"
+                f"{where}: unknown key '{key}'{suggest(str(key), valid)}; valid keys: {', '.join(valid)}"
             )
 
 

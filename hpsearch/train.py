@@ -115,7 +115,9 @@ def train(
     n_train = len(train_anchors)
     per_epoch = cfg.samples_per_epoch if 0 < cfg.samples_per_epoch < n_train else n_train
 
-    result = TrainResult(best_valid=math.inf, best_valid_step1=math.inf, best_epoch=0, stop_reason="max_epochs")
+    result = TrainResult(
+        best_valid=math.inf, best_valid_step1=math.inf, best_epoch=0, stop_reason="max_epochs"
+    )
     t0 = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
         te = time.perf_counter()

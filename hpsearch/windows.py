@@ -138,7 +138,8 @@ def build_windows(bars: Bars, data: DataConfig, split: SplitConfig, embargo: int
         # Local row j ends a window when T rows precede it and its W labels (each H ahead) exist.
         j = np.arange(T - 1, n - (W - 1) - H)
         if len(j) == 0:
-            skipped[t] = f"too short: {n} rows, one window needs seq_len + horizon + output_window - 1 = {T + H + W - 1}"
+            need = T + H + W - 1
+            skipped[t] = f"too short: {n} rows, a window needs seq_len + horizon + output_window - 1 = {need}"
         else:
             label_end = row_date[j + W - 1 + H]  # the last day any of this window's labels reads
             for s, name in enumerate(SEGMENTS):

@@ -22,8 +22,30 @@ from pathlib import Path
 import pandas as pd
 
 TICKERS = [
-    "BIIB", "DOV", "AAPL", "MSFT", "JPM", "XOM", "JNJ", "PG", "KO", "WMT", "CAT", "BA",
-    "NVDA", "AMZN", "PFE", "HD", "MMM", "NEE", "DUK", "WY", "AMCR", "ABNB", "HUBB", "INTC",
+    "BIIB",
+    "DOV",
+    "AAPL",
+    "MSFT",
+    "JPM",
+    "XOM",
+    "JNJ",
+    "PG",
+    "KO",
+    "WMT",
+    "CAT",
+    "BA",
+    "NVDA",
+    "AMZN",
+    "PFE",
+    "HD",
+    "MMM",
+    "NEE",
+    "DUK",
+    "WY",
+    "AMCR",
+    "ABNB",
+    "HUBB",
+    "INTC",
 ]
 START, END = "2009-12-31", "2023-12-31"
 OUT = Path(__file__).resolve().parent.parent / "hpsearch" / "sample"
