@@ -8,6 +8,7 @@ the search space, the sampler, the pruner and the number of trials.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -153,58 +154,106 @@ class Component:
     options: dict = field(default_factory=dict)
 
 
+FAMILY = "family"  # the search key that chooses the model family
+DATA_SEARCHABLE = ("output_window",)  # data fields a study may search (they reshape targets only)
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     name: str
-    model_family: str
-    model: Any  # the family's frozen config dataclass (fixed values; searched ones overridden)
+    model_family: str  # the family used when the search does not choose one
+    model: Any  # that family's frozen config (fixed values; searched ones are put in per trial)
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     training: TrainConfig = TrainConfig()
+    # Flat dimensions: `family`, `output_window`, training fields, and the model's fields when
+    # the family is fixed. Optuna names them as written.
     search: tuple[Param, ...] = ()
+    # Dimensions sampled only when their family is chosen (define-by-run), named "family.field".
+    family_search: dict[str, tuple[Param, ...]] = field(default_factory=dict)
+    # Fixed hyperparameters of every family the study can build, model_family's included.
+    family_models: dict[str, Any] = field(default_factory=dict)
     sampler: Component = Component("tpe")
     pruner: Component = Component("median")
     n_trials: int = 16
     seed: int = 0
     description: str = ""
 
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.search if p.name == name), None)
+
+    @property
+    def max_output_window(self) -> int:
+        p = self.param("output_window")
+        return int(max(p.choices if p.choices else (p.high,))) if p else self.data.output_window
+
     @property
     def embargo(self) -> int:
-        return self.split.embargo if self.split.embargo is not None else self.data.min_embargo
+        """Days between segments: enough for the largest W the study can try, so that every
+        trial sees the same split and the same validation windows, whatever its W."""
+        if self.split.embargo is not None:
+            return self.split.embargo
+        return self.data.horizon + self.max_output_window - 1
 
     def with_params(self, params: dict[str, Any]) -> StudyConfig:
-        """This config with searched values put in place: one trial's full configuration."""
-        model_fields = {f.name for f in dataclasses.fields(self.model)}
-        model_kw = {k: v for k, v in params.items() if k in model_fields}
-        train_kw = {k: v for k, v in params.items() if k not in model_fields}
+        """One trial's full configuration: the searched values put in place, no search left."""
+        family = params.get(FAMILY, self.model_family)
+        base = self.family_models.get(family, self.model if family == self.model_family else None)
+        if base is None:
+            raise ConfigError(f"study '{self.name}': family '{family}' is not one this study can build")
+        model_fields = {f.name for f in dataclasses.fields(base)}
+        model_kw, data_kw, train_kw = {}, {}, {}
+        for key, value in params.items():
+            fam, _, name = key.rpartition(".")
+            if key == FAMILY or (fam and fam != family):
+                continue
+            if fam or (key in model_fields and not self.param(FAMILY)):
+                model_kw[name] = value
+            elif key in DATA_SEARCHABLE:
+                data_kw[key] = value
+            else:
+                train_kw[key] = value
         try:
+            model = dataclasses.replace(base, **model_kw)
             return dataclasses.replace(
                 self,
-                model=dataclasses.replace(self.model, **model_kw),
+                model_family=family,
+                model=model,
+                data=dataclasses.replace(self.data, **data_kw),
                 training=dataclasses.replace(self.training, **train_kw),
+                search=(),
+                family_search={},
+                family_models={family: model},
             )
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"study '{self.name}': parameters {params}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML form that `from_dict` reads back (model family folded into `model`)."""
-        out = {
+        """The YAML form that `from_dict` reads back."""
+        model = {"family": self.model_family, **as_dict(self.model)}
+        for fam, cfg in self.family_models.items():
+            if fam != self.model_family:
+                model[fam] = as_dict(cfg)
+        search = {p.name: _param_dict(p) for p in self.search}
+        for fam, params in self.family_search.items():
+            search[fam] = {p.name.partition(".")[2]: _param_dict(p) for p in params}
+        return {
             "name": self.name,
             "description": self.description,
             "n_trials": self.n_trials,
             "seed": self.seed,
             "data": as_dict(self.data),
             "split": as_dict(self.split),
-            "model": {"family": self.model_family, **as_dict(self.model)},
+            "model": model,
             "training": as_dict(self.training),
-            "search": {
-                p.name: {k: v for k, v in as_dict(p).items() if k != "name" and v not in (None, False)}
-                for p in self.search
-            },
+            "search": search,
             "sampler": {"name": self.sampler.name, **self.sampler.options},
             "pruner": {"name": self.pruner.name, **self.pruner.options},
         }
-        return out
+
+
+def _param_dict(p: Param) -> dict[str, Any]:
+    return {k: v for k, v in as_dict(p).items() if k != "name" and v not in (None, False)}
 
 
 TOP_KEYS = (
@@ -241,19 +290,30 @@ def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
             f"{where}: model.family: unknown family '{fam_name}'{suggest(fam_name, models.MODELS)}; "
             f"valid: {', '.join(models.MODELS)}"
         )
-    fam = models.family(fam_name)
-    model = build(fam.config, model_raw, f"{where}: model")
+    # `model: {family: cnn2d, c1: 8, transformer: {d_model: 64}}`: fixed values of the main
+    # family inline, of other families under their name.
+    family_models = {}
+    for other in [k for k in model_raw if k in models.MODELS]:
+        family_models[other] = build(
+            models.MODELS[other].config, model_raw.pop(other) or {}, f"{where}: model.{other}"
+        )
+    model = build(models.family(fam_name).config, model_raw, f"{where}: model")
+    family_models[fam_name] = model
     data = build(DataConfig, raw.get("data") or {}, f"{where}: data")
     split = build(SplitConfig, raw.get("split") or {}, f"{where}: split")
     training = build(TrainConfig, raw.get("training") or {}, f"{where}: training")
-    if split.embargo is not None and split.embargo < data.min_embargo:
+
+    search, family_search = _search(raw.get("search") or {}, fam_name, family_models, where)
+    for fam in family_search:
+        family_models.setdefault(fam, models.MODELS[fam].config())
+    max_w = max(
+        [data.output_window] + [int(max(p.choices or (p.high,))) for p in search if p.name == "output_window"]
+    )
+    if split.embargo is not None and split.embargo < data.horizon + max_w - 1:
         raise ConfigError(
             f"{where}: split.embargo >= horizon + output_window - 1 must hold (no label may reach the "
-            f"next segment), got embargo={split.embargo} horizon={data.horizon} "
-            f"output_window={data.output_window}"
+            f"next segment), got embargo={split.embargo} horizon={data.horizon} output_window={max_w}"
         )
-
-    search = _search(raw.get("search") or {}, fam.config, where)
     sampler = _component(raw.get("sampler"), "tpe", f"{where}: sampler")
     pruner = _component(raw.get("pruner"), "median", f"{where}: pruner")
     cfg = StudyConfig(
@@ -267,6 +327,8 @@ def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
         model=model,
         training=training,
         search=search,
+        family_search=family_search,
+        family_models=family_models,
         sampler=sampler,
         pruner=pruner,
     )
@@ -278,25 +340,108 @@ def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
     return cfg
 
 
-def _search(raw: Any, model_cls: type, where: str) -> tuple[Param, ...]:
+def _search(
+    raw: Any, main_family: str, family_models: dict[str, Any], where: str
+) -> tuple[tuple[Param, ...], dict[str, tuple[Param, ...]]]:
+    """Flat parameters, and per-family ones (`search: {transformer: {d_model: ...}}`)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: search must be a mapping of parameter name -> range")
-    model_fields = [f.name for f in dataclasses.fields(model_cls)]
+    flat = [
+        _param(name, spec, f"{where}: search.{name}")
+        for name, spec in raw.items()
+        if name not in models.MODELS
+    ]
+    by_name = {p.name: p for p in flat}
+    chosen = by_name.get(FAMILY)
+    if chosen is not None:
+        if chosen.type != "categorical":
+            raise ConfigError(
+                f"{where}: search.family: must be categorical, e.g. {{type: categorical, choices: [cnn2d]}}"
+            )
+        for fam in chosen.choices:
+            if fam not in models.MODELS:
+                raise ConfigError(
+                    f"{where}: search.family: unknown family '{fam}'{suggest(str(fam), models.MODELS)}; "
+                    f"valid: {', '.join(models.MODELS)}"
+                )
+    families = list(chosen.choices) if chosen is not None else [main_family]
     train_fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "device"]
-    valid = model_fields + train_fields
-    params = []
-    for name, spec in raw.items():
-        here = f"{where}: search.{name}"
-        if name not in valid:
+    flat_valid = [FAMILY, *DATA_SEARCHABLE, *train_fields]
+    if chosen is None:
+        flat_valid += [f.name for f in dataclasses.fields(models.MODELS[main_family].config)]
+    for p in flat:
+        if p.name not in flat_valid:
+            hint = "; with a family choice, put model parameters under search.<family>" if chosen else ""
             raise ConfigError(
-                f"{here}: not a searchable parameter{suggest(str(name), valid)}; valid: {', '.join(valid)}"
+                f"{where}: search.{p.name}: not a searchable parameter{suggest(p.name, flat_valid)}{hint}; "
+                f"valid: {', '.join(flat_valid)}"
             )
-        if not isinstance(spec, dict):
+        if p.name == "output_window" and not all(
+            float(v).is_integer() and v >= 1 for v in (p.choices or (p.low, p.high))
+        ):
             raise ConfigError(
-                f"{here}: must be a mapping like {{type: float, low: 1.0e-6, high: 1.0e-2, log: true}}"
+                f"{where}: search.output_window: whole numbers >= 1 only, got {p.choices or (p.low, p.high)}"
             )
-        params.append(build(Param, {"name": name, **spec}, here))
-    return tuple(params)
+
+    family_search: dict[str, tuple[Param, ...]] = {}
+    for fam in [k for k in raw if k in models.MODELS]:
+        here = f"{where}: search.{fam}"
+        if fam not in families:
+            raise ConfigError(
+                f"{here}: family '{fam}' is not among the study's families ({', '.join(families)})"
+            )
+        if not isinstance(raw[fam], dict):
+            raise ConfigError(f"{here}: must be a mapping of {fam} parameter -> range")
+        valid = [f.name for f in dataclasses.fields(models.MODELS[fam].config)]
+        params = []
+        for name, spec in raw[fam].items():
+            if name not in valid:
+                raise ConfigError(
+                    f"{here}.{name}: not a {fam} parameter{suggest(str(name), valid)}; "
+                    f"valid: {', '.join(valid)}"
+                )
+            param = _param(name, spec, f"{here}.{name}")
+            params.append(dataclasses.replace(param, name=f"{fam}.{name}"))
+        family_search[fam] = tuple(params)
+        base = family_models.get(fam) or models.MODELS[fam].config()
+        _check_every_combination(base, params, here)
+    if chosen is None:
+        _check_every_combination(family_models[main_family], flat, f"{where}: search")
+    return tuple(flat), family_search
+
+
+def _param(name: str, spec: Any, here: str) -> Param:
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"{here}: must be a mapping like {{type: float, low: 1.0e-6, high: 1.0e-2, log: true}}"
+        )
+    return build(Param, {"name": name, **spec}, here)
+
+
+def _check_every_combination(base: Any, params: list[Param], where: str, limit: int = 4096) -> None:
+    """Constrain the space, not the trials: every combination of categorical choices and range
+    ends must give a valid model config (e.g. n_heads must divide d_model), or the file is refused."""
+    names = [p.name.rpartition(".")[2] for p in params]
+    fields = {f.name for f in dataclasses.fields(base)}
+    values = [p.choices if p.type == "categorical" else (p.low, p.high) for p in params]
+    pairs = [(n, v) for n, v in zip(names, values, strict=True) if n in fields]
+    combos = 1
+    for _, v in pairs:
+        combos *= len(v)
+    if not pairs or combos > limit:
+        return
+    for combo in itertools.product(*(v for _, v in pairs)):
+        kw = {
+            n: (int(x) if isinstance(getattr(base, n), int) and not isinstance(x, bool) else x)
+            for (n, _), x in zip(pairs, combo, strict=True)
+        }
+        try:
+            dataclasses.replace(base, **kw)
+        except (ValueError, TypeError) as exc:
+            shown = " ".join(f"{k}={v}" for k, v in kw.items())
+            raise ConfigError(
+                f"{where}: every combination of the space must be valid: {exc} (at {shown})"
+            ) from None
 
 
 def _component(raw: Any, default: str, where: str) -> Component:

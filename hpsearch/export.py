@@ -35,7 +35,9 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
         "best_epoch": best.user_attrs.get("best_epoch"),
         "stop_reason": best.user_attrs.get("stop_reason"),
         "params": dict(best.params),
-        "baselines_valid_mse": study.user_attrs.get("baselines_valid_mse"),
+        "baselines_valid_mse": study.user_attrs.get("baselines_valid_mse_by_window", {}).get(
+            str(cfg.data.output_window), study.user_attrs.get("baselines_valid_mse")
+        ),
     }
     out["provenance"] = {
         "data_fingerprint": study.user_attrs.get("data_fingerprint"),

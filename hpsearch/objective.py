@@ -42,12 +42,13 @@ class Objective:
         self.on_epoch = on_epoch
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = suggest_params(trial, self.cfg.search)
+        params = suggest_params(trial, self.cfg)
         run = self.cfg.with_params(params)
         seed = self.cfg.seed + trial.number  # each trial its own initialisation, recorded
         trial.set_user_attr("seed", seed)
         seed_everything(seed)
-        model = build_model(run.model_family, run.model, self.data.spec)
+        data = self.data.for_window(run.data.output_window)
+        model = build_model(run.model_family, run.model, data.spec)
         history: list[EpochResult] = []
 
         def report(ep: EpochResult) -> None:
@@ -59,7 +60,7 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {ep.epoch}: valid loss {ep.valid_loss:.6g}")
 
         try:
-            result = train(model, self.data, run.training, seed, self.valid_anchors, on_epoch=report)
+            result = train(model, data, run.training, seed, self.valid_anchors, on_epoch=report)
         except optuna.TrialPruned:
             self._record(trial, history, "pruned")
             raise

@@ -11,6 +11,7 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 import sklearn
 import torch
@@ -55,7 +56,8 @@ class Prepared:
     bars: Bars
     windows: WindowData
     valid_anchors: Any
-    baselines: dict[str, float]
+    baselines: dict[str, float]  # naive forecasts' validation MSE at the study's default W
+    baselines_by_window: dict[int, dict[str, float]]  # ... at every W the study can try
 
 
 def prepare(cfg: StudyConfig, device: torch.device) -> Prepared:
@@ -63,15 +65,18 @@ def prepare(cfg: StudyConfig, device: torch.device) -> Prepared:
     bars = load_bars(
         d.path,
         d.tickers,
-        min_rows=d.seq_len + d.horizon + d.output_window - 1,
+        min_rows=d.seq_len + d.horizon + cfg.max_output_window - 1,
         drop_zero_volume=d.drop_zero_volume,
     )
-    windows = build_windows(bars, d, cfg.split, cfg.embargo).to(device)
+    windows = build_windows(bars, d, cfg.split, cfg.embargo, cfg.max_output_window).to(device)
     # The same validation windows for every trial (seeded by the study, not the trial), so that
     # trial values are comparable.
     valid = valid_subset(windows, cfg.training.valid_samples, cfg.seed)
-    targets = windows.y.cpu().numpy()[valid[:, None] + range(d.output_window)]
-    return Prepared(cfg, bars, windows, valid, baselines(targets, windows.train_label_mean))
+    y = windows.y.cpu().numpy()
+    p = cfg.param("output_window")
+    widths = sorted({d.output_window, *(int(w) for w in (p.choices if p and p.choices else ()))})
+    by_window = {w: baselines(y[valid[:, None] + np.arange(w)], windows.train_label_mean) for w in widths}
+    return Prepared(cfg, bars, windows, valid, by_window[d.output_window], by_window)
 
 
 def describe_data(console: Console, report: LoadReport, w: WindowData, fingerprint: dict) -> None:
@@ -152,6 +157,10 @@ def run_study(
         study.set_user_attr("data_files_sha256", prep.bars.fingerprint["file_sha256"])
         study.set_user_attr("versions", versions())
         study.set_user_attr("baselines_valid_mse", prep.baselines)
+        if len(prep.baselines_by_window) > 1:
+            study.set_user_attr(
+                "baselines_valid_mse_by_window", {str(w): b for w, b in prep.baselines_by_window.items()}
+            )
         study.set_user_attr("valid_windows", int(len(prep.valid_anchors)))
         study.set_user_attr(
             "segments",

@@ -62,15 +62,19 @@ def make_pruner(component: Any) -> optuna.pruners.BasePruner:
     return PRUNERS[component.name](**component.options)
 
 
-def suggest_params(trial: optuna.Trial, space: tuple) -> dict[str, Any]:
-    """Sample every parameter of the search space (define-by-run)."""
-    params: dict[str, Any] = {}
-    for p in space:
-        if p.type == "float":
-            params[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
-        elif p.type == "int":
-            step = int(p.step) if p.step else 1
-            params[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=step)
-        else:
-            params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+def suggest_one(trial: optuna.Trial, p: Any) -> Any:
+    if p.type == "float":
+        return trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+    if p.type == "int":
+        step = int(p.step) if p.step else 1
+        return trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=step)
+    return trial.suggest_categorical(p.name, list(p.choices))
+
+
+def suggest_params(trial: optuna.Trial, cfg: Any) -> dict[str, Any]:
+    """Sample the study's space, define-by-run: a family's own parameters only when it is chosen."""
+    params = {p.name: suggest_one(trial, p) for p in cfg.search}
+    family = params.get("family", cfg.model_family)
+    for p in cfg.family_search.get(family, ()):
+        params[p.name] = suggest_one(trial, p)
     return params

@@ -14,6 +14,7 @@ Time-series hygiene, in one place:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,16 @@ class WindowData:
     spec: InputSpec
     train_label_mean: float
     skipped: dict[str, str]  # ticker -> why it has no windows at all
+    anchor_window: int  # the W anchors leave room for (>= spec.output_window)
+
+    def for_window(self, output_window: int) -> WindowData:
+        """The same rows and anchors with targets of another W (anchors were built for the
+        largest W a study tries, so every W is scored on the same windows)."""
+        if output_window > self.anchor_window:
+            raise ValueError(f"output_window <= {self.anchor_window} must hold, got {output_window}")
+        if output_window == self.spec.output_window:
+            return self
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, output_window=output_window))
 
     def to(self, device: torch.device) -> WindowData:
         self.x, self.y, self.ticker = self.x.to(device), self.y.to(device), self.ticker.to(device)
@@ -103,8 +114,12 @@ def split_calendar(dates: np.ndarray, split: SplitConfig, embargo: int) -> list[
     return [(0, a), (a + embargo, b), (b + embargo, n)]
 
 
-def build_windows(bars: Bars, data: DataConfig, split: SplitConfig, embargo: int) -> WindowData:
-    T, H, W = data.seq_len, data.horizon, data.output_window
+def build_windows(
+    bars: Bars, data: DataConfig, split: SplitConfig, embargo: int, anchor_window: int | None = None
+) -> WindowData:
+    """`anchor_window`: build anchors with room for this many label steps (default: W)."""
+    T, H = data.seq_len, data.horizon
+    W = max(data.output_window, anchor_window or 0)
     calendar = np.array(sorted(set().union(*(f["date"].to_numpy() for f in bars.frames.values()))))
     ranges = split_calendar(calendar, split, embargo)
     starts = [calendar[s] for s, _ in ranges]  # first date of each segment
@@ -162,7 +177,7 @@ def build_windows(bars: Bars, data: DataConfig, split: SplitConfig, embargo: int
             )
     y_all = np.concatenate(ys)
     row_date = np.concatenate(dates)
-    train_targets = y_all[idx["train"][:, None] + np.arange(W)]
+    train_targets = y_all[idx["train"][:, None] + np.arange(data.output_window)]
     segments = {
         s: Segment(
             s,
@@ -176,7 +191,7 @@ def build_windows(bars: Bars, data: DataConfig, split: SplitConfig, embargo: int
     spec = InputSpec(
         seq_len=T,
         n_features=x_all.shape[1],
-        output_window=W,
+        output_window=data.output_window,
         n_tickers=len(tickers),
         ticker_embedding=data.ticker_encoding == "embedding",
     )
@@ -191,4 +206,5 @@ def build_windows(bars: Bars, data: DataConfig, split: SplitConfig, embargo: int
         spec=spec,
         train_label_mean=float(np.mean(train_targets)),
         skipped=skipped,
+        anchor_window=W,
     )
