@@ -10,6 +10,7 @@ from torch import nn
 from hpsearch.errors import ConfigError
 from hpsearch.models.base import InputSpec
 from hpsearch.models.cnn2d import Cnn2d, Cnn2dConfig
+from hpsearch.models.transformer import Transformer, TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Family:
 
 MODELS: dict[str, Family] = {
     "cnn2d": Family(Cnn2dConfig, Cnn2d),
+    "transformer": Family(TransformerConfig, Transformer),
 }
 
 
