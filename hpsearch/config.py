@@ -273,6 +273,8 @@ TOP_KEYS = (
 
 def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
     """Validate a parsed study mapping. `where` (a file name) prefixes every error."""
+    if raw is None:
+        raise ConfigError(f"{where}: the study file is empty; it must be a mapping of sections")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a study file must be a mapping of sections, got {type(raw).__name__}")
     check_keys(raw, TOP_KEYS, where)
@@ -476,6 +478,8 @@ def resolve_study(study: str) -> Path:
     """A study name (looked up in ./studies, then the built-in ones) or an explicit YAML file."""
     if study.endswith((".yaml", ".yml")):
         path = Path(study).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"study file is a directory, not a YAML file: {path}")
         if not path.is_file():
             raise ConfigError(f"study file not found: {path}")
         return path
@@ -495,9 +499,11 @@ def resolve_study(study: str) -> Path:
 
 def read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (not UTF-8 at byte {exc.start})") from None
     try:
         return yaml.safe_load(text)  # safe loader: no Python object tags
     except yaml.YAMLError as exc:
