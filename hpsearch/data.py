@@ -1,46 +1,56 @@
-"""Read a folder of per-ticker daily-bar CSVs into validated frames. No torch, no optuna.
+"""Read a user's price files into validated per-ticker frames. No torch, no optuna.
 
-Every row that is dropped is counted by reason, and every ticker that is skipped is named with
-the reason, so that a user can see what the tool did with their data.
+Layouts: a folder of one file per ticker (the ticker from the file name: `BIIB.csv`, `biib.csv`,
+`BIIB_data.csv`, `BIIB.us.txt`, gzip too), or long files with a ticker column (a folder holding
+one, or the file itself), split into tickers. The row rules live in `clean.py`.
+
+Every row that is dropped is counted by reason, every ticker that is skipped is named with the
+reason, and a problem that leaves nothing usable is one DataError, so that a user can see what the
+tool did with their data.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from hpsearch.clean import (
+    ALIASES,  # noqa: F401  (re-exported: the accepted column names)
+    REQUIRED,
+    TickerReport,
+    Unusable,
+    canonical_columns,
+    clean,
+    normalize_ticker,
+)
 from hpsearch.errors import DataError
+from hpsearch.schema import suggest
 
-PRICE_COLUMNS = ("open", "high", "low", "close")
-# Canonical column -> accepted spellings (compared after lower-casing and trimming).
-ALIASES = {
-    "date": ("date", "datetime", "timestamp", "time"),
-    "open": ("open",),
-    "high": ("high",),
-    "low": ("low",),
-    "close": ("close",),
-    "adj_close": ("adj close", "adj_close", "adjclose", "adjusted_close", "adjusted close"),
-    "volume": ("volume", "vol"),
-    "vwap": ("vwap",),
-}
-REQUIRED = ("date", "open", "high", "low", "close", "volume")
 SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz")
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
 class LoadReport:
+    """What loading did: totals over all tickers, and per ticker in `tickers`."""
+
     files: int = 0
     rows_read: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> rows
     zero_volume_rows: int = 0
-    skipped: dict[str, str] = field(default_factory=dict)  # ticker -> reason
-    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # ticker (or file) -> reason
+    notes: list[str] = field(default_factory=list)  # warnings worth a line each
+    tickers: dict[str, TickerReport] = field(default_factory=dict)  # every ticker found
+    layout: str = ""  # "one file per ticker", "long file (ticker column)", or both
+    source: str = ""
 
     @property
     def rows_dropped(self) -> int:
@@ -56,93 +66,98 @@ class Bars:
     fingerprint: dict
 
 
+class NoUsableData(DataError):
+    """Nothing usable remains; `report` says what was found and why each part was refused."""
+
+    def __init__(self, message: str, report: LoadReport):
+        super().__init__(message)
+        self.report = report
+
+
 def sample_dir() -> Path:
     """The real sample shipped inside the package (24 tickers, 2009-12-31 .. 2023-12-31)."""
     return Path(str(resources.files("hpsearch") / "sample"))
 
 
 def ticker_from_name(path: Path) -> str:
+    """`BIIB.csv`, `biib.csv.gz`, `BIIB_data.csv`, `biib.us.txt` -> BIIB."""
     name = path.name
     for suffix in SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return name.upper()
+    head = name.split("_")[0]  # Kaggle's `AAPL_data.csv`
+    return normalize_ticker(head or name)
 
 
-def find_files(folder: Path) -> list[Path]:
-    if not folder.exists():
-        raise DataError(f"data folder not found: {folder}")
-    if not folder.is_dir():
-        raise DataError(f"data path is not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES))
+def _is_data_file(p: Path) -> bool:
+    # Hidden files include macOS `._BIIB.csv` resource forks, which are not CSV.
+    return p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(SUFFIXES)
+
+
+def find_files(path: Path) -> list[Path]:
+    """The data files of a folder (or the one file given); a DataError when there are none."""
+    try:
+        if not path.exists():
+            raise DataError(f"data folder not found: {path}")
+        if path.is_file():
+            if not path.name.lower().endswith(SUFFIXES):
+                raise DataError(f"data path is a file but not a CSV ({', '.join(SUFFIXES)}): {path}")
+            return [path]
+        if not path.is_dir():
+            raise DataError(f"data path is neither a folder nor a file: {path}")
+        entries = sorted(path.iterdir())
+    except PermissionError:
+        raise DataError(f"cannot read data path {path}: permission denied") from None
+    except OSError as exc:
+        raise DataError(f"cannot read data path {path}: {exc.strerror or exc}") from None
+    files = [p for p in entries if _is_data_file(p)]
     if not files:
-        raise DataError(f"data folder holds no CSV files (*.csv, *.csv.gz): {folder}")
+        others = [p.name + ("/" if p.is_dir() else "") for p in entries if not p.name.startswith(".")]
+        held = f" (it holds: {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""
+        raise DataError(f"data folder holds no CSV files (*.csv, *.csv.gz, *.txt): {path}{held}")
     return files
 
 
-def _canonical_columns(frame: pd.DataFrame) -> dict[str, str]:
-    lookup = {str(c).strip().lstrip("\ufeff").lower(): c for c in frame.columns}
-    found = {}
-    for canon, spellings in ALIASES.items():
-        for s in spellings:
-            if s in lookup:
-                found[canon] = lookup[s]
-                break
-    return found
-
-
-def read_ticker(path: Path, report: LoadReport, drop_zero_volume: bool) -> pd.DataFrame | None:
-    """One ticker's bars, cleaned; None (and a reason in `report.skipped`) when unusable."""
-    ticker = ticker_from_name(path)
+def read_table(path: Path) -> tuple[pd.DataFrame, str]:
+    """A file's table and the sha256 of its bytes; Unusable when it cannot be read as CSV."""
     try:
-        raw = pd.read_csv(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        report.skipped[ticker] = f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        return None
-    report.rows_read += len(raw)
-    cols = _canonical_columns(raw)
-    missing = [c for c in REQUIRED if c not in cols]
-    if missing:
-        report.skipped[ticker] = f"missing column(s): {', '.join(missing)}"
-        return None
-    frame = pd.DataFrame({canon: raw[col] for canon, col in cols.items()})
-    frame["date"] = pd.to_datetime(frame["date"], errors="coerce")
-    numeric = [c for c in frame.columns if c != "date"]
-    for c in numeric:
-        frame[c] = pd.to_numeric(frame[c], errors="coerce")
+        data = path.read_bytes()
+    except PermissionError:
+        raise Unusable("cannot read the file: permission denied") from None
+    except OSError as exc:
+        raise Unusable(f"cannot read the file: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if data[:2] == GZIP_MAGIC:  # by content, not name: `x.csv` may be gzip and `x.csv.gz` may not
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise Unusable(f"corrupt gzip file ({exc})") from None
+    if not data.strip():
+        raise Unusable("empty file")
+    if b"\x00" in data[:4096]:
+        raise Unusable("not a text file (binary content)")
+    first = data.split(b"\n", 1)[0]
+    # The separator is whichever of , ; tab the header uses most (European exports use `;`).
+    sep = max((b",", b";", b"\t"), key=first.count).decode()
+    try:
+        table = pd.read_csv(
+            io.BytesIO(data),
+            sep=sep,
+            encoding="utf-8-sig",  # a byte-order mark is not part of the first column's name
+            encoding_errors="replace",
+            skipinitialspace=True,
+            low_memory=False,
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Unusable(f"not a readable CSV ({msg})") from None
+    return table, digest
 
-    bad_date = frame["date"].isna()
-    values = frame[numeric].to_numpy(dtype="float64")
-    non_finite = ~np.isfinite(values).all(axis=1) & ~bad_date.to_numpy()
-    non_positive = (
-        (frame[list(PRICE_COLUMNS)].to_numpy() <= 0).any(axis=1) & ~non_finite & ~bad_date.to_numpy()
-    )
-    keep = ~(bad_date.to_numpy() | non_finite | non_positive)
-    report.dropped["unparseable date"] += int(bad_date.sum())
-    report.dropped["NaN or inf"] += int(non_finite.sum())
-    report.dropped["non-positive price"] += int(non_positive.sum())
-    frame = frame[keep]
 
-    if not frame["date"].is_monotonic_increasing:
-        report.notes.append(f"{ticker}: dates were not sorted; sorted them")
-        frame = frame.sort_values("date", kind="stable")
-    dup = frame["date"].duplicated(keep="first")
-    if dup.any():
-        report.dropped["duplicate date"] += int(dup.sum())
-        frame = frame[~dup]
-
-    zero_vol = frame["volume"] <= 0
-    report.zero_volume_rows += int(zero_vol.sum())
-    if drop_zero_volume and zero_vol.any():
-        report.dropped["zero volume"] += int(zero_vol.sum())
-        frame = frame[~zero_vol]
-    if "adj_close" not in frame:
-        frame["adj_close"] = frame["close"]
-    if "vwap" not in frame:
-        # No source we know ships VWAP; the typical price is the usual daily proxy.
-        frame["vwap"] = (frame["high"] + frame["low"] + frame["close"]) / 3.0
-    return frame.reset_index(drop=True)
+def _layout(per_ticker: int, long: int) -> str:
+    kinds = [("one file per ticker", per_ticker), ("long file with a ticker column", long)]
+    return " + ".join(name for name, n in kinds if n)
 
 
 def load_bars(
@@ -151,47 +166,123 @@ def load_bars(
     min_rows: int = 1,
     drop_zero_volume: bool = False,
 ) -> Bars:
-    """Read every per-ticker file of `path` (None: the shipped sample).
+    """Read every ticker of `path` (a folder or one file; None: the shipped sample).
 
     Tickers with fewer than `min_rows` usable rows are skipped with a reason. Raises DataError
-    when nothing usable remains.
+    (NoUsableData, carrying the report) when nothing usable remains.
     """
-    folder = sample_dir() if path is None else Path(path).expanduser()
-    files = find_files(folder)
-    by_ticker = {ticker_from_name(f): f for f in files}
-    if tickers:
-        wanted = [t.upper() for t in tickers]
-        absent = [t for t in wanted if t not in by_ticker]
-        if absent:
-            raise DataError(f"{folder}: tickers not found: {', '.join(absent)}")
-        by_ticker = {t: by_ticker[t] for t in wanted}
+    root = sample_dir() if path is None else Path(path).expanduser()
+    files = find_files(root)
+    wanted = {normalize_ticker(t) for t in tickers} if tickers else None
+    report = LoadReport(source="shipped sample" if path is None else str(root))
+    parts: dict[str, tuple[pd.DataFrame, dict[str, str], TickerReport]] = {}
+    hashes: dict[str, str] = {}
+    n_per_ticker = n_long = 0
 
-    report = LoadReport(files=len(by_ticker))
-    frames: dict[str, pd.DataFrame] = {}
-    hashes = {}
-    for ticker in sorted(by_ticker):
-        f = by_ticker[ticker]
-        frame = read_ticker(f, report, drop_zero_volume)
-        if frame is None:
+    for f in files:
+        name_ticker = ticker_from_name(f)
+        if wanted is not None and name_ticker not in wanted and not _may_be_long(f):
             continue
+        report.files += 1
+        try:
+            raw, digest = read_table(f)
+        except Unusable as exc:
+            report.skipped[name_ticker] = f"{f.name}: {exc}"
+            report.tickers.setdefault(name_ticker, TickerReport(f.name, skipped=report.skipped[name_ticker]))
+            continue
+        cols = canonical_columns(raw.columns)
+        if "ticker" in cols:
+            n_long += 1
+            missing = [c for c in REQUIRED if c not in cols]
+            if missing:  # one line for the file, not one per ticker in it
+                report.skipped[f.name] = f"missing required column(s) {', '.join(missing)}"
+                continue
+            groups = _split_long(raw, cols["ticker"], f, report)
+        else:
+            n_per_ticker += 1
+            groups = [(name_ticker, raw)]
+        for ticker, table in groups:
+            if wanted is not None and ticker not in wanted:
+                continue
+            if ticker in parts:
+                first = parts[ticker][2].source
+                report.notes.append(f"{ticker}: also in {f.name}; using {first} and ignoring {f.name}")
+                continue
+            if ticker in report.skipped:  # an earlier file of this ticker could not be read
+                report.notes.append(f"{ticker}: {report.skipped.pop(ticker)}; using {f.name}")
+                del report.tickers[ticker]
+            report.rows_read += len(table)
+            parts[ticker] = (table, cols, TickerReport(source=f.name, rows_read=len(table)))
+            report.tickers[ticker] = parts[ticker][2]
+            hashes[ticker] = digest
+    report.layout = _layout(n_per_ticker, n_long)
+
+    if wanted is not None:
+        absent = sorted(wanted - set(parts) - set(report.skipped))
+        if absent:
+            raise DataError(f"{root}: tickers not found: {', '.join(absent)}{suggest(absent[0], parts)}")
+
+    frames: dict[str, pd.DataFrame] = {}
+    for ticker in sorted(parts):
+        table, cols, rep = parts[ticker]
+        try:
+            frame = clean(table, cols, rep, drop_zero_volume)
+        except Unusable as exc:
+            rep.skipped = f"{rep.source}: {exc}"
+            report.skipped[ticker] = rep.skipped
+            continue
+        report.dropped.update(rep.dropped)
+        report.zero_volume_rows += rep.zero_volume
+        report.notes.extend(f"{ticker} ({rep.source}): {note}" for note in rep.notes)
         if len(frame) < min_rows:
-            report.skipped[ticker] = f"too short: {len(frame)} usable rows, a window needs {min_rows}"
+            rep.skipped = f"{rep.source}: too short: {len(frame)} usable rows, a window needs {min_rows}"
+            report.skipped[ticker] = rep.skipped
             continue
         frames[ticker] = frame
-        hashes[ticker] = hashlib.sha256(f.read_bytes()).hexdigest()
+
     if not frames:
         reasons = "; ".join(f"{t}: {r}" for t, r in list(report.skipped.items())[:3])
-        raise DataError(f"{folder}: no usable ticker ({reasons})")
-    return Bars(frames, report, fingerprint(folder, frames, hashes))
+        more = f" and {len(report.skipped) - 3} more" if len(report.skipped) > 3 else ""
+        raise NoUsableData(f"{root}: no usable ticker ({reasons or 'no rows'}{more})", report)
+    hashes = {t: hashes[t] for t in frames}
+    return Bars(frames, report, fingerprint(root, frames, hashes))
 
 
-def fingerprint(folder: Path, frames: dict[str, pd.DataFrame], hashes: dict[str, str]) -> dict:
+def _may_be_long(path: Path) -> bool:
+    """Whether a file's header names a ticker column (read without loading the whole file)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(2)
+        opener = gzip.open if head == GZIP_MAGIC else open
+        with opener(path, "rb") as fh:
+            line = fh.readline(65536).decode("utf-8-sig", errors="replace")
+    except (OSError, EOFError, zlib.error):
+        return True  # let the full read report the problem
+    sep = max(",;\t", key=line.count)
+    return "ticker" in canonical_columns(pd.Index(line.strip().split(sep)))
+
+
+def _split_long(
+    raw: pd.DataFrame, column: str, f: Path, report: LoadReport
+) -> list[tuple[str, pd.DataFrame]]:
+    """A long table -> (ticker, rows) per ticker; rows without a ticker are dropped and counted."""
+    names = raw[column].astype("string").str.strip()
+    missing = names.isna() | (names == "")
+    if missing.any():
+        report.rows_read += int(missing.sum())
+        report.dropped["no ticker"] += int(missing.sum())
+        report.notes.append(f"{f.name}: {int(missing.sum())} row(s) without a ticker in '{column}'; dropped")
+    keys = names[~missing].map(normalize_ticker)
+    return [(str(t), raw.loc[idx]) for t, idx in keys.groupby(keys, sort=True).groups.items()]
+
+
+def fingerprint(root: Path, frames: dict[str, pd.DataFrame], hashes: dict[str, str]) -> dict:
     """What a result was computed from: tickers, date range and a hash over the files' bytes."""
     combined = hashlib.sha256("".join(f"{t}:{h}\n" for t, h in sorted(hashes.items())).encode())
     starts = [f["date"].iloc[0] for f in frames.values()]
     ends = [f["date"].iloc[-1] for f in frames.values()]
     return {
-        "source": "shipped sample" if folder == sample_dir() else str(folder.resolve()),
+        "source": "shipped sample" if root == sample_dir() else str(root.resolve()),
         "tickers": sorted(frames),
         "n_tickers": len(frames),
         "rows": int(sum(len(f) for f in frames.values())),
