@@ -178,6 +178,9 @@ class StudyConfig:
     n_trials: int = 16
     seed: int = 0
     description: str = ""
+    # Partial parameter sets tried first (Optuna's enqueue_trial), e.g. one per cell of a grid
+    # of categorical choices so that every cell is measured; the rest is sampled.
+    enqueue: tuple[dict, ...] = ()
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.search if p.name == name), None)
@@ -249,6 +252,7 @@ class StudyConfig:
             "search": search,
             "sampler": {"name": self.sampler.name, **self.sampler.options},
             "pruner": {"name": self.pruner.name, **self.pruner.options},
+            "enqueue": [dict(e) for e in self.enqueue],
         }
 
 
@@ -268,6 +272,7 @@ TOP_KEYS = (
     "search",
     "sampler",
     "pruner",
+    "enqueue",
 )
 
 
@@ -331,6 +336,7 @@ def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
         search=search,
         family_search=family_search,
         family_models=family_models,
+        enqueue=_enqueue(raw.get("enqueue") or [], search, family_search, where),
         sampler=sampler,
         pruner=pruner,
     )
@@ -410,6 +416,28 @@ def _search(
     if chosen is None:
         _check_every_combination(family_models[main_family], flat, f"{where}: search")
     return tuple(flat), family_search
+
+
+def _enqueue(raw: Any, search: tuple[Param, ...], family_search: dict, where: str) -> tuple[dict, ...]:
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise ConfigError(f"{where}: enqueue must be a list of mappings of parameter -> value")
+    space = {p.name: p for p in search} | {p.name: p for ps in family_search.values() for p in ps}
+    for i, entry in enumerate(raw):
+        for key, value in entry.items():
+            p = space.get(key)
+            if p is None:
+                raise ConfigError(
+                    f"{where}: enqueue[{i}].{key}: not a parameter of the search{suggest(str(key), space)}"
+                )
+            if p.type != "categorical":
+                value = entry[key] = coerce(
+                    value, float if p.type == "float" else int, f"{where}: enqueue[{i}].{key}"
+                )
+            if p.type == "categorical" and value not in p.choices:
+                raise ConfigError(f"{where}: enqueue[{i}].{key}: {value!r} is not one of {list(p.choices)}")
+            if p.type != "categorical" and not (p.low <= value <= p.high):
+                raise ConfigError(f"{where}: enqueue[{i}].{key}: low <= value <= high must hold, got {value}")
+    return tuple(dict(e) for e in raw)
 
 
 def _param(name: str, spec: Any, here: str) -> Param:

@@ -150,6 +150,8 @@ def run_study(
         load_if_exists=True,
     )
     if "config" not in study.user_attrs:
+        for params in cfg.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr(
             "data_fingerprint", {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"}

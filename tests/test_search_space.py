@@ -1,0 +1,147 @@
+"""Conditional search spaces (family choice), output_window as a dimension, space constraints."""
+
+import optuna
+import pytest
+from rich.console import Console
+
+from hpsearch.config import from_dict, load_study
+from hpsearch.errors import ConfigError
+from hpsearch.export import best_config, load_run_config, write_yaml
+from hpsearch.runner import run_study
+from hpsearch.search import suggest_params
+from tests.conftest import tiny_study
+
+FAMILY_SPACE = {
+    "family": {"type": "categorical", "choices": ["cnn2d", "transformer"]},
+    "output_window": {"type": "categorical", "choices": [1, 3]},
+    "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+    "cnn2d": {"c1": {"type": "int", "low": 2, "high": 4}},
+    "transformer": {
+        "d_model": {"type": "categorical", "choices": [8, 16]},
+        "n_heads": {"type": "categorical", "choices": [1, 2, 4]},
+    },
+}
+
+
+def family_study(data_path, **kw):
+    model = {
+        "family": "cnn2d",
+        "c1": 2,
+        "c2": 4,
+        "hidden": 8,
+        "transformer": {"ff_dim": 16, "encoder_layers": 1},
+    }
+    return tiny_study(data_path, model=model, search=FAMILY_SPACE, **kw)
+
+
+def test_family_parameters_are_sampled_only_when_chosen():
+    cfg = from_dict(family_study(None), "f.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        params = suggest_params(trial, cfg)
+        fam = params["family"]
+        seen.add(fam)
+        other = "transformer" if fam == "cnn2d" else "cnn2d"
+        assert not any(k.startswith(other + ".") for k in params)
+        run = cfg.with_params(params)
+        assert run.model_family == fam and run.data.output_window == params["output_window"]
+        if fam == "transformer":
+            assert run.model.d_model % run.model.n_heads == 0  # the constraint holds for every sample
+            assert run.model.ff_dim == 16  # fixed values of a non-default family are kept
+        study.tell(trial, 0.0)
+    assert seen == {"cnn2d", "transformer"}
+
+
+def test_a_space_that_can_break_the_head_rule_is_refused():
+    space = {
+        **FAMILY_SPACE,
+        "transformer": {
+            "d_model": {"type": "categorical", "choices": [8, 12]},
+            "n_heads": {"type": "categorical", "choices": [2, 8]},
+        },
+    }
+    with pytest.raises(
+        ConfigError, match=r"search.transformer: every combination .* n_heads must divide d_model"
+    ):
+        from_dict(tiny_study(None, search=space), "f.yaml")
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        ({"family": {"type": "categorical", "choices": ["cnn2d", "rnn"]}}, "unknown family 'rnn'"),
+        (
+            {
+                "family": {"type": "categorical", "choices": ["cnn2d"]},
+                "c1": {"type": "int", "low": 2, "high": 4},
+            },
+            "put model parameters under search.<family>",
+        ),
+        (
+            {"transformer": {"d_model": {"type": "int", "low": 8, "high": 16}}},
+            "not among the study's families",
+        ),
+        (
+            {
+                "family": {"type": "categorical", "choices": ["cnn2d"]},
+                "cnn2d": {"d_model": {"type": "int", "low": 1, "high": 2}},
+            },
+            "search.cnn2d.d_model: not a cnn2d parameter",
+        ),
+        ({"output_window": {"type": "categorical", "choices": [1, 2.5]}}, "whole numbers >= 1"),
+    ],
+)
+def test_bad_conditional_spaces(search, message):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+    ):
+        from_dict(tiny_study(None, search=search), "f.yaml")
+
+
+def test_embargo_covers_the_largest_output_window():
+    cfg = from_dict(family_study(None), "f.yaml")
+    assert cfg.max_output_window == 3 and cfg.embargo == cfg.data.horizon + 3 - 1
+
+
+def test_output_window_study_end_to_end(data_dir, tmp_path):
+    cfg = from_dict(family_study(data_dir, n_trials=6), "f.yaml")
+    study = run_study(cfg, f"sqlite:///{tmp_path}/s.db", Console(quiet=True))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 4
+    assert all("valid_step1_mse" in t.user_attrs for t in done)
+    assert set(study.user_attrs["baselines_valid_mse_by_window"]) == {"1", "3"}
+    for t in done:  # W = 1: the all-step loss is the step-1 loss
+        if t.params["output_window"] == 1:
+            assert t.value == pytest.approx(t.user_attrs["valid_step1_mse"], rel=1e-4)
+    path = tmp_path / "best.yaml"
+    write_yaml(best_config(study), path)
+    run, extras = load_run_config(path)
+    best = study.best_trial
+    assert run.model_family == best.params["family"]
+    assert run.data.output_window == best.params["output_window"]
+    assert run.training.lr == best.params["lr"]
+
+
+@pytest.mark.parametrize("name", ["output_window", "family", "transformer_sweep"])
+def test_issue_studies_ship(name):
+    cfg = load_study(name)
+    assert cfg.search
+
+
+def test_enqueued_cells_run_first(data_dir, tmp_path):
+    raw = family_study(data_dir, n_trials=2)
+    raw["enqueue"] = [{"family": "transformer", "output_window": 3}, {"family": "cnn2d", "lr": "1e-3"}]
+    cfg = from_dict(raw, "f.yaml")
+    study = run_study(cfg, f"sqlite:///{tmp_path}/s.db", Console(quiet=True))
+    first, second = study.trials
+    assert (first.params["family"], first.params["output_window"]) == ("transformer", 3)
+    assert (second.params["family"], second.params["lr"]) == ("cnn2d", 1e-3)
+
+
+def test_enqueue_values_are_checked_against_the_space():
+    raw = family_study(None)
+    raw["enqueue"] = [{"family": "rnn"}]
+    with pytest.raises(ConfigError, match=r"enqueue\[0\]\.family: 'rnn' is not one of"):
+        from_dict(raw, "f.yaml")
