@@ -131,12 +131,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from hpsearch.datacheck import check_data
+
+    # One action so far (`hpsearch data check`); the sub-parser leaves room for more.
+    return check_data(
+        args.data, args.seq_len, args.horizon, args.output_window, args.drop_zero_volume, console
+    )
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "run": (cmd_run, "run (or resume) a study until it holds n_trials finished trials"),
     "export": (cmd_export, "write the best trial of a study as a YAML run config"),
     "studies": (cmd_studies, "list the studies in a storage with trial counts and best values"),
     "delete": (cmd_delete, "delete a study and its trials from a storage"),
     "list": (cmd_list, "list the built-in study files"),
+    "data": (cmd_data, "check a data folder: `hpsearch data check --data DIR`"),
 }
 
 
@@ -163,6 +173,18 @@ def parser() -> argparse.ArgumentParser:
     cmds["export"].add_argument("-o", "--output", help="YAML file to write (default runs/<study>/best.yaml)")
     for name in ("run", "export", "studies", "delete"):
         cmds[name].add_argument("--storage", help=storage_help)
+    data_sub = cmds["data"].add_subparsers(dest="data_action", required=True, metavar="ACTION")
+    check = data_sub.add_parser(
+        "check",
+        help="what a run would use, drop and skip, and why",
+        description="what a run would use, drop and skip of a data folder, and why; "
+        "exit 0 when usable, 2 when not",
+    )
+    check.add_argument("--data", help="folder of per-ticker CSVs or one long CSV (default: shipped sample)")
+    check.add_argument("--seq-len", type=int, default=96, help="T, rows per window (default 96)")
+    check.add_argument("--horizon", type=int, default=20, help="H, label horizon in days (default 20)")
+    check.add_argument("--output-window", type=int, default=1, help="W, labels per window (default 1)")
+    check.add_argument("--drop-zero-volume", action="store_true", help="drop zero-volume rows")
     return p
 
 
@@ -178,6 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    except OSError as exc:  # permission denied, disk full, a directory where a file was expected
+        if args.debug:
+            raise
+        err_console.print(f"hpsearch: error: {mask_url(str(exc))}", markup=False)
+        return 2
+    except Exception as exc:  # a bug: one line, and the way to see more
+        if args.debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        err_console.print(
+            f"hpsearch: internal error: {type(exc).__name__}: {mask_url(first)} "
+            "(rerun with --debug for the traceback)",
+            markup=False,
+        )
+        return 1
 
 
 if __name__ == "__main__":
