@@ -175,10 +175,47 @@ def load_bars(
     files = find_files(root)
     wanted = {normalize_ticker(t) for t in tickers} if tickers else None
     report = LoadReport(source="shipped sample" if path is None else str(root))
-    parts: dict[str, tuple[pd.DataFrame, dict[str, str], TickerReport]] = {}
+    parts, hashes = _gather(files, wanted, report)
+
+    if wanted is not None:
+        absent = sorted(wanted - set(parts) - set(report.skipped))
+        if absent:
+            raise DataError(f"{root}: tickers not found: {', '.join(absent)}{suggest(absent[0], parts)}")
+
+    frames: dict[str, pd.DataFrame] = {}
+    for ticker in sorted(parts):
+        table, cols, rep = parts[ticker]
+        try:
+            frame = clean(table, cols, rep, drop_zero_volume)
+        except Unusable as exc:
+            rep.skipped = f"{rep.source}: {exc}"
+            report.skipped[ticker] = rep.skipped
+            continue
+        report.dropped.update(rep.dropped)
+        report.zero_volume_rows += rep.zero_volume
+        report.notes.extend(f"{ticker} ({rep.source}): {note}" for note in rep.notes)
+        if len(frame) < min_rows:
+            rep.skipped = f"{rep.source}: too short: {len(frame)} usable rows, a window needs {min_rows}"
+            report.skipped[ticker] = rep.skipped
+            continue
+        frames[ticker] = frame
+
+    if not frames:
+        reasons = "; ".join(f"{t}: {r}" for t, r in list(report.skipped.items())[:3])
+        more = f" and {len(report.skipped) - 3} more" if len(report.skipped) > 3 else ""
+        raise NoUsableData(f"{root}: no usable ticker ({reasons or 'no rows'}{more})", report)
+    hashes = {t: hashes[t] for t in frames}
+    return Bars(frames, report, fingerprint(root, frames, hashes))
+
+
+Part = tuple[pd.DataFrame, dict[str, str], TickerReport]  # one ticker's rows, its columns, its report
+
+
+def _gather(files: list[Path], wanted: set[str] | None, report: LoadReport) -> tuple[dict[str, Part], dict]:
+    """Read the files and assign rows to tickers: ticker -> part, and ticker -> sha256 of its file."""
+    parts: dict[str, Part] = {}
     hashes: dict[str, str] = {}
     n_per_ticker = n_long = 0
-
     for f in files:
         name_ticker = ticker_from_name(f)
         if wanted is not None and name_ticker not in wanted and not _may_be_long(f):
@@ -210,42 +247,13 @@ def load_bars(
                 continue
             if ticker in report.skipped:  # an earlier file of this ticker could not be read
                 report.notes.append(f"{ticker}: {report.skipped.pop(ticker)}; using {f.name}")
-                del report.tickers[ticker]
+                report.tickers.pop(ticker, None)
             report.rows_read += len(table)
             parts[ticker] = (table, cols, TickerReport(source=f.name, rows_read=len(table)))
             report.tickers[ticker] = parts[ticker][2]
             hashes[ticker] = digest
     report.layout = _layout(n_per_ticker, n_long)
-
-    if wanted is not None:
-        absent = sorted(wanted - set(parts) - set(report.skipped))
-        if absent:
-            raise DataError(f"{root}: tickers not found: {', '.join(absent)}{suggest(absent[0], parts)}")
-
-    frames: dict[str, pd.DataFrame] = {}
-    for ticker in sorted(parts):
-        table, cols, rep = parts[ticker]
-        try:
-            frame = clean(table, cols, rep, drop_zero_volume)
-        except Unusable as exc:
-            rep.skipped = f"{rep.source}: {exc}"
-            report.skipped[ticker] = rep.skipped
-            continue
-        report.dropped.update(rep.dropped)
-        report.zero_volume_rows += rep.zero_volume
-        report.notes.extend(f"{ticker} ({rep.source}): {note}" for note in rep.notes)
-        if len(frame) < min_rows:
-            rep.skipped = f"{rep.source}: too short: {len(frame)} usable rows, a window needs {min_rows}"
-            report.skipped[ticker] = rep.skipped
-            continue
-        frames[ticker] = frame
-
-    if not frames:
-        reasons = "; ".join(f"{t}: {r}" for t, r in list(report.skipped.items())[:3])
-        more = f" and {len(report.skipped) - 3} more" if len(report.skipped) > 3 else ""
-        raise NoUsableData(f"{root}: no usable ticker ({reasons or 'no rows'}{more})", report)
-    hashes = {t: hashes[t] for t in frames}
-    return Bars(frames, report, fingerprint(root, frames, hashes))
+    return parts, hashes
 
 
 def _may_be_long(path: Path) -> bool:

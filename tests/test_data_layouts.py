@@ -242,3 +242,26 @@ def test_full_sp500_loads_fast_and_reports_its_known_defects():
     assert {t for t, r in report.tickers.items() if r.dropped} == {"PEAK", "HUBB"}
     assert report.tickers["AMCR"].zero_volume == 1371
     assert "VLTO" in report.skipped and "KVUE" in bars.frames  # 61 rows < 116 <= 166
+
+
+def test_an_unreadable_file_gives_way_to_a_readable_one_of_the_same_ticker(tmp_path):
+    (tmp_path / "A.csv.gz").write_bytes(gzip.compress(b"Date,Open\n")[:15])  # truncated
+    write(tmp_path / "a.txt", make_frame(30))
+    bars = load_bars(tmp_path)
+    assert len(bars.frames["A"]) == 30 and not bars.report.skipped
+    assert bars.report.tickers["A"].source == "a.txt"
+    assert any(
+        n.startswith("A: A.csv.gz: corrupt gzip file") and n.endswith("using a.txt")
+        for n in bars.report.notes
+    )
+
+
+def test_fingerprint_is_the_files_bytes(tmp_path):
+    """Unchanged from the first release, so that studies created before still resume."""
+    import hashlib
+
+    path = write(tmp_path / "X.csv", make_frame(30))
+    assert (
+        load_bars(tmp_path).fingerprint["file_sha256"]["X"]
+        == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    )

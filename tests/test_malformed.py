@@ -13,7 +13,7 @@ import yaml
 from hpsearch.cli import main
 from hpsearch.config import load_study
 from hpsearch.data import load_bars
-from tests.conftest import tiny_study
+from tests.conftest import make_frame, tiny_study
 
 CORPUS = Path(__file__).parent / "corpus"
 MIN_ROWS = 5
@@ -323,3 +323,11 @@ def test_unexpected_errors_are_one_line_unless_debug(workdir, capsys, monkeypatc
     assert "internal error: RuntimeError: boom (rerun with --debug for the traceback)" in err
     with pytest.raises(RuntimeError):
         main(["--debug", "data", "check"])
+
+
+def test_data_check_when_rows_suffice_but_the_split_leaves_no_windows(workdir, capsys):
+    make_frame(120).to_csv(workdir / "ONE.csv", index=False)  # 120 >= 96 + 20 rows, but 6:2:2 of it
+    code = main(["data", "check", "--data", str(workdir)])
+    out, err = capsys.readouterr()
+    assert code == 2 and "tickers: 1 found, 1 used, 0 skipped" in out
+    assert "no train windows" in err and err.count("\n") == 1
