@@ -131,6 +131,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from hpsearch.evaluate import run_final
+
+    run_final(args.config, console, out=args.out, tickers=args.tickers, device=args.device)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpsearch.report import build_report
+
+    _quiet_optuna()
+    study = _open_study(args)
+    out = Path(args.out or f"runs/{study.study_name}/report")
+    build_report(study, out, console, param=args.param)
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from hpsearch.datacheck import check_data
 
@@ -146,6 +163,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "studies": (cmd_studies, "list the studies in a storage with trial counts and best values"),
     "delete": (cmd_delete, "delete a study and its trials from a storage"),
     "list": (cmd_list, "list the built-in study files"),
+    "train": (cmd_train, "retrain an exported config, evaluate once on test, write metrics and plots"),
+    "report": (cmd_report, "tables, parameter importances, plots and report.md of a study"),
     "data": (cmd_data, "check a data folder: `hpsearch data check --data DIR`"),
 }
 
@@ -173,6 +192,16 @@ def parser() -> argparse.ArgumentParser:
     cmds["export"].add_argument("-o", "--output", help="YAML file to write (default runs/<study>/best.yaml)")
     for name in ("run", "export", "studies", "delete"):
         cmds[name].add_argument("--storage", help=storage_help)
+    train = cmds["train"]
+    train.add_argument("--config", required=True, help="exported run config (hpsearch export) YAML")
+    train.add_argument("--out", help="output folder (default runs/<name>/final)")
+    train.add_argument("--tickers", nargs="+", help="tickers to plot test segments of (default BIIB DOV)")
+    train.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides training.device)")
+    report = cmds["report"]
+    report.add_argument("--study", required=True, help="study name in the storage")
+    report.add_argument("--storage", help=storage_help)
+    report.add_argument("--out", help="output folder (default runs/<study>/report)")
+    report.add_argument("--param", default="lr", help="searched parameter to plot against value (default lr)")
     data_sub = cmds["data"].add_subparsers(dest="data_action", required=True, metavar="ACTION")
     check = data_sub.add_parser(
         "check",
