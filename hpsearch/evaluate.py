@@ -84,8 +84,6 @@ def plot_tickers(requested: list[str] | None, available: list[str]) -> list[str]
 def score(model: torch.nn.Module, w: WindowData, segment: str) -> dict[str, Any]:
     """Predictions of a whole segment and their metrics beside the baselines."""
     anchors = w.anchors[segment]
-    if len(anchors) == 0:
-        raise HpsearchError(f"the {segment} segment has no windows: nothing to evaluate")
     pred, true = predict(model, w, anchors)  # (N, W) each
     dates = w.row_date[anchors]
     return {
@@ -140,15 +138,29 @@ def segment_summary(w: WindowData, segment: str, scored: dict[str, Any]) -> dict
     }
 
 
-def notes(summary: dict[str, Any]) -> list[str]:
-    out = [
-        f"{', '.join(UNDEFINED_FOR_CONSTANT)} of a constant forecast (both baselines) are undefined: null.",
-        "hit_rate of predict_zero is null: a zero forecast calls no direction.",
-        "IC and Rank IC are means over dates of the cross-sectional correlation; ICIR = IC mean / IC "
-        "std over dates (not annualized).",
-    ]
+DEFINITIONS = [
+    f"{', '.join(UNDEFINED_FOR_CONSTANT)} of a constant forecast (both baselines) are undefined: null.",
+    "hit_rate of predict_zero is null: a zero forecast calls no direction.",
+    "IC and Rank IC are means over dates of the cross-sectional correlation; ICIR = IC mean / IC "
+    "std over dates (not annualized).",
+]
+
+
+def findings(summary: dict[str, Any]) -> list[str]:
+    """What a reader must not miss: no gain over a constant, a flat forecast, a changed result."""
+    out = []
     for seg in ("valid", "test"):
-        ratio = summary["segments"][seg]["std_ratio"]
+        s = summary["segments"][seg]
+        model = s["model"]["mean"]["mse"]
+        name, best = min(
+            ((k, s[k]["mean"]["mse"]) for k in ("predict_zero", "predict_train_mean")), key=lambda kv: kv[1]
+        )
+        if model >= best:
+            out.append(
+                f"NO GAIN on {seg}: the model's MSE {model:.6g} is not below {name.replace('_', ' ')}'s "
+                f"{best:.6g}."
+            )
+        ratio = s["std_ratio"]
         if math.isfinite(ratio) and ratio < FLAT_RATIO:
             out.append(
                 f"FLAT FORECAST on {seg}: the prediction's std is {ratio:.1%} of the truth's; the model "
@@ -207,6 +219,8 @@ def run_final(
     describe_data(console, prep.bars.report, prep.windows, prep.bars.fingerprint)
     check_provenance(extras, prep, str(config), console)
     chosen = plot_tickers(tickers, prep.windows.tickers)
+    if len(prep.windows.anchors["test"]) == 0:
+        raise HpsearchError(f"{config}: the test segment has no windows: nothing to evaluate")
     out = Path(out) if out else Path("runs") / cfg.name / "final"
 
     seed_everything(cfg.seed)
@@ -252,7 +266,8 @@ def run_final(
         },
         "segments": {s: segment_summary(prep.windows, s, scored[s]) for s in ("valid", "test")},
     }
-    summary["notes"] = notes(summary)
+    summary["findings"] = findings(summary)
+    summary["notes"] = DEFINITIONS
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(_json_ready(summary), indent=2) + "\n")
@@ -285,7 +300,7 @@ def run_final(
     (out / "metrics.md").write_text(metrics_markdown(summary) + "\n")
 
     console.print(metrics_table(summary))
-    for line in summary["notes"][3:]:
-        console.print(f"[yellow]note[/]: {line}")
+    for line in summary["findings"]:
+        console.print(f"[yellow]finding[/]: {line}")
     console.print(f"wrote {out}/: metrics.json, metrics.md, predictions.csv, model.pt, config.yaml, ...")
     return FinalRun(out, summary, result)

@@ -243,9 +243,11 @@ def report_markdown(
     for seg, (first, last, n) in segments.items():
         lines.append(f"- {seg}: {first} .. {last}, {n} windows")
     model = config.get("model") or {}
+    searched = set(config.get("search") or {})
+    training = {k: v for k, v in (config.get("training") or {}).items() if k not in searched}
     lines += [
-        f"- model: {fmt_params(model)}",
-        f"- training: {fmt_params(config.get('training') or {})}",
+        f"- model (fixed): {fmt_params({k: v for k, v in model.items() if k not in searched})}",
+        f"- training (fixed): {fmt_params(training)}",
         f"- search: {config.get('search')}",
         f"- sampler: {config.get('sampler')}; pruner: {config.get('pruner')}; seed {config.get('seed')}",
         f"- versions: {fmt_params(attrs.get('versions') or {})}",

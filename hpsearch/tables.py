@@ -118,5 +118,7 @@ def metrics_markdown(summary: dict[str, Any]) -> str:
     if W > 1:
         out += ["", "## Per step (test)", "", markdown(*per_step_grid(summary, "test"))]
         out += ["", "## Per step (validation)", "", markdown(*per_step_grid(summary, "valid"))]
+    if summary.get("findings"):
+        out += ["", "## Findings", ""] + [f"- **{n}**" for n in summary["findings"]]
     out += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(out)

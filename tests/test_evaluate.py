@@ -71,6 +71,13 @@ def test_metrics_json_round_trip_matches_the_predictions(final):
     assert test["first"] <= preds["date"].min() and preds["date"].max() <= test["last"]
     assert saved["segments"]["valid"]["windows"] > saved["training"]["valid_subset_windows"]  # full segment
     assert saved["training"]["search_value"] is None  # a hand-written config has no search result
+    # the headline a reader must not miss is written out, not left to be inferred
+    no_gain = test["model"]["mean"]["mse"] >= min(
+        test["predict_zero"]["mean"]["mse"], test["predict_train_mean"]["mean"]["mse"]
+    )
+    assert no_gain == any(f.startswith("NO GAIN on test") for f in saved["findings"])
+    flat = test["std_ratio"] < 0.1
+    assert flat == any(f.startswith("FLAT FORECAST on test") for f in saved["findings"])
 
 
 def test_weights_and_config_load_back(final):
