@@ -19,8 +19,9 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 def _quiet_optuna() -> None:
     import optuna
 
-    # hpsearch prints its own line per trial; Optuna's INFO lines would repeat them.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # hpsearch prints its own line per trial (failed ones included); Optuna's lines would repeat
+    # them, and its failed-trial warnings carry tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _quiet_optuna()
     url = resolve_url(args.storage)
     try:
-        run_study(cfg, url, console, n_trials=args.n_trials)
+        run_study(cfg, url, console, n_trials=args.n_trials, workers=args.workers)
     except KeyboardInterrupt:
         err_console.print(
             f"interrupted: the running trial was marked FAIL; finished trials are kept in "
@@ -187,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--n-trials", type=int, help="total finished trials to reach (overrides the study file)")
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (overrides training.device)")
+    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     for name in ("export", "delete"):
         cmds[name].add_argument("--study", required=True, help="study name in the storage")
     cmds["export"].add_argument("-o", "--output", help="YAML file to write (default runs/<study>/best.yaml)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import optuna
@@ -24,6 +25,10 @@ from hpsearch.windows import WindowData
 EpochHook = Callable[[optuna.Trial, EpochResult], None]
 
 
+class Surplus(Exception):
+    """A trial that started after the study already had its n_trials finished or running."""
+
+
 def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
@@ -35,13 +40,19 @@ class Objective:
         data: WindowData,
         valid_anchors: np.ndarray,
         on_epoch: EpochHook | None = None,
+        budget: Any = None,
     ) -> None:
         self.cfg = cfg
         self.data = data
         self.valid_anchors = valid_anchors
         self.on_epoch = on_epoch
+        self.budget = budget  # has is_surplus(trial); None: no limit (a FixedTrial, a test)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.budget is not None and self.budget.is_surplus(trial):
+            trial.set_user_attr("stop_reason", "surplus")
+            trial.study.stop()
+            raise Surplus(f"trial {trial.number} is beyond the study's {self.cfg.n_trials} trials")
         params = suggest_params(trial, self.cfg)
         run = self.cfg.with_params(params)
         seed = self.cfg.seed + trial.number  # each trial its own initialisation, recorded

@@ -22,7 +22,7 @@ from hpsearch.config import StudyConfig, from_dict
 from hpsearch.data import Bars, LoadReport, load_bars
 from hpsearch.errors import ConfigError, mask_url
 from hpsearch.metrics import baselines
-from hpsearch.objective import Objective
+from hpsearch.objective import Objective, Surplus
 from hpsearch.progress import SearchProgress, best_trials_table
 from hpsearch.search import make_pruner, make_sampler
 from hpsearch.storage import open_storage
@@ -30,6 +30,7 @@ from hpsearch.train import resolve_device, valid_subset
 from hpsearch.windows import WindowData, build_windows
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+RUNNING = (optuna.trial.TrialState.RUNNING,)
 # Keys of the stored config that may change between runs of the same study.
 MUTABLE_KEYS = ("n_trials", "description")
 
@@ -116,35 +117,20 @@ def check_resumable(study: optuna.Study, cfg: StudyConfig, fingerprint: dict) ->
         )
 
 
-def run_study(
-    cfg: StudyConfig,
-    storage_url: str,
-    console: Console,
-    n_trials: int | None = None,
-) -> optuna.Study:
-    if n_trials is not None:
-        if n_trials < 1:
-            raise ConfigError(f"--n-trials >= 1 must hold, got {n_trials}")
-        cfg = dataclasses.replace(cfg, n_trials=n_trials)
-    device = resolve_device(cfg.training.device)
-    prep = prepare(cfg, device)
-    describe_data(console, prep.bars.report, prep.windows, prep.bars.fingerprint)
-
+def open_study(cfg: StudyConfig, storage_url: str, prep: Prepared) -> tuple[optuna.Study, int]:
+    """Load the study (checking it asks the same question of the same data) or create it with
+    its provenance. Returns the study and how many trials had been started before."""
     storage = open_storage(storage_url)
     try:
         study = optuna.load_study(study_name=cfg.name, storage=storage)
         check_resumable(study, cfg, prep.bars.fingerprint)
+        started = len(study.get_trials(deepcopy=False))
     except KeyError:
-        study = None
-    done = 0 if study is None else sum(t.state in FINISHED for t in study.trials)
-    started = 0 if study is None else len(study.trials)
-    # A restarted seeded sampler would replay the parameters it proposed before; offsetting the
-    # seed by the number of trials already in the study gives a fresh, still reproducible stream.
-    sampler = make_sampler(cfg.sampler, cfg.seed + started)
+        started = 0
     study = optuna.create_study(
         study_name=cfg.name,
         storage=storage,
-        sampler=sampler,
+        sampler=make_sampler(cfg.sampler, cfg.seed + started),
         pruner=make_pruner(cfg.pruner),
         direction="minimize",
         load_if_exists=True,
@@ -153,44 +139,104 @@ def run_study(
         for params in cfg.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
         study.set_user_attr("config", cfg.to_dict())
-        study.set_user_attr(
-            "data_fingerprint", {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"}
-        )
-        study.set_user_attr("data_files_sha256", prep.bars.fingerprint["file_sha256"])
+        fp = prep.bars.fingerprint
+        study.set_user_attr("data_fingerprint", {k: v for k, v in fp.items() if k != "file_sha256"})
+        study.set_user_attr("data_files_sha256", fp["file_sha256"])
         study.set_user_attr("versions", versions())
         study.set_user_attr("baselines_valid_mse", prep.baselines)
         if len(prep.baselines_by_window) > 1:
-            study.set_user_attr(
-                "baselines_valid_mse_by_window", {str(w): b for w, b in prep.baselines_by_window.items()}
-            )
+            by_window = {str(w): b for w, b in prep.baselines_by_window.items()}
+            study.set_user_attr("baselines_valid_mse_by_window", by_window)
         study.set_user_attr("valid_windows", int(len(prep.valid_anchors)))
-        study.set_user_attr(
-            "segments",
-            {
-                s.name: [str(s.first.date()), str(s.last.date()), s.windows]
-                for s in prep.windows.segments.values()
-            },
-        )
-    remaining = cfg.n_trials - done
+        segments = {
+            s.name: [str(s.first.date()), str(s.last.date()), s.windows]
+            for s in prep.windows.segments.values()
+        }
+        study.set_user_attr("segments", segments)
+    return study, started
+
+
+def count(study: optuna.Study, states: tuple) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+class Budget:
+    """Stop at exactly `n_total` finished trials, even with several workers on one study.
+
+    Optuna's MaxTrialsCallback stops a worker only after its own trial ends, so N workers can
+    overshoot by N - 1. Here a worker stops once finished + running trials reach the total, and a
+    trial that a race still let start beyond the total ends at once (FAIL, attribute
+    `stop_reason: surplus`) without training. Queued (WAITING) trials do not count until a
+    worker takes one.
+    """
+
+    def __init__(self, n_total: int) -> None:
+        self.n_total = n_total
+
+    def __call__(self, study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        if count(study, (*FINISHED, *RUNNING)) >= self.n_total:
+            study.stop()
+
+    def is_surplus(self, trial: optuna.Trial) -> bool:
+        ahead = [
+            t
+            for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, *RUNNING))
+            if t.number < trial.number
+        ]
+        return len(ahead) >= self.n_total
+
+
+def optimize(
+    cfg: StudyConfig,
+    study: optuna.Study,
+    prep: Prepared,
+    on_epoch: Any = None,
+    on_trial_end: Any = None,
+) -> None:
+    """Run trials in this process until the study holds cfg.n_trials finished ones."""
+    budget = Budget(cfg.n_trials)
+    objective = Objective(cfg, prep.windows, prep.valid_anchors, on_epoch=on_epoch, budget=budget)
+    callbacks = [budget] + ([on_trial_end] if on_trial_end else [])
+    if count(study, FINISHED) < cfg.n_trials:
+        study.optimize(objective, callbacks=callbacks, gc_after_trial=False, catch=(Surplus,))
+
+
+def run_study(
+    cfg: StudyConfig,
+    storage_url: str,
+    console: Console,
+    n_trials: int | None = None,
+    workers: int = 1,
+) -> optuna.Study:
+    if n_trials is not None:
+        if n_trials < 1:
+            raise ConfigError(f"--n-trials >= 1 must hold, got {n_trials}")
+        cfg = dataclasses.replace(cfg, n_trials=n_trials)
+    if workers < 1:
+        raise ConfigError(f"--workers >= 1 must hold, got {workers}")
+    device = resolve_device(cfg.training.device)
+    prep = prepare(cfg, device)
+    describe_data(console, prep.bars.report, prep.windows, prep.bars.fingerprint)
+    study, _ = open_study(cfg, storage_url, prep)
+    done = count(study, FINISHED)
     console.print(
         f"study '{cfg.name}' in {mask_url(storage_url)}: {done} of {cfg.n_trials} trials finished, "
-        f"running {max(remaining, 0)} on {device}"
+        f"running {max(cfg.n_trials - done, 0)} on {device}"
+        + (f" with {workers} workers" if workers > 1 else "")
     )
-    if remaining <= 0:
-        console.print(best_trials_table(study, prep.baselines))
-        return study
+    if done < cfg.n_trials:
+        if workers > 1:
+            from hpsearch.parallel import run_workers
 
-    objective = Objective(cfg, prep.windows, prep.valid_anchors)
-    with SearchProgress(console, cfg.n_trials, done, cfg.training.max_epochs) as progress:
-        objective.on_epoch = progress.on_epoch
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            callbacks=[
-                optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED),
-                progress.on_trial_end,
-            ],
-            gc_after_trial=False,
+            run_workers(cfg, storage_url, workers, console, done)
+        else:
+            with SearchProgress(console, cfg.n_trials, done, cfg.training.max_epochs) as progress:
+                optimize(cfg, study, prep, progress.on_epoch, progress.on_trial_end)
+    finished = count(study, FINISHED)
+    if finished < cfg.n_trials:
+        console.print(
+            f"[yellow]warning[/]: {finished} of {cfg.n_trials} trials finished (failed or surplus trials "
+            f"do not count); run the same command again to continue"
         )
     console.print(best_trials_table(study, prep.baselines))
     return study

@@ -17,7 +17,11 @@ from hpsearch.errors import StorageError, mask_url
 
 DEFAULT_URL = "sqlite:///runs/hpsearch.db"  # relative to the working directory
 ENV_VAR = "HPSEARCH_STORAGE"
-HEARTBEAT_SECONDS = 60  # a trial whose process died is marked FAIL after ~2 missed beats
+# A worker beats every HEARTBEAT seconds while it runs a trial; a RUNNING trial with no beat for
+# 3 x HEARTBEAT is marked FAIL by the next trial that starts and retried once with the same
+# parameters. Overridable for tests (a real kill test cannot wait minutes).
+HEARTBEAT_SECONDS = int(os.environ.get("HPSEARCH_HEARTBEAT_SECONDS", "10"))
+SQLITE_TIMEOUT_SECONDS = 60
 
 
 def resolve_url(url: str | None) -> str:
@@ -33,30 +37,39 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats; a trial left RUNNING by a killed worker is retried once.
+    """An Optuna storage with heartbeats; a trial left RUNNING by a killed worker is retried once.
 
-    With `create=False` a missing SQLite file is an error instead of a new empty database.
+    With `create=False` a missing SQLite file is an error, not a new empty storage.
     """
     path = sqlite_path(url)
-    engine_kwargs = {}
+    engine_kwargs: dict = {}
     if path is not None:
         if not create and not path.is_file():
             raise StorageError(f"no storage at {url} (run a study first, or pass --storage)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Parallel workers and the dashboard share the file: wait for the lock instead of failing.
-        engine_kwargs = {"connect_args": {"timeout": 60}}
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
+    elif url.startswith("postgresql"):
+        # Drop connections the server closed (restarts, idle timeouts) instead of failing a trial.
+        engine_kwargs = {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():
             # Heartbeats have carried the "experimental" label since Optuna 2.8; they are what
             # recovers trials whose worker was killed, so we use them on purpose.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=2 * HEARTBEAT_SECONDS,
+                grace_period=3 * HEARTBEAT_SECONDS,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
+        if path is not None:
+            # WAL lets readers (the dashboard, other workers) proceed while one worker writes; the
+            # mode is stored in the file, so setting it once is enough. Writers wait up to the
+            # connection timeout for the lock instead of failing with "database is locked".
+            with storage.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        return storage
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {mask_url(url)}: {mask_url(first)}") from None

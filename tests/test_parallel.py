@@ -1,0 +1,155 @@
+"""Several workers on one study, on SQLite and PostgreSQL; SIGKILL and Ctrl-C mid-trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+import yaml
+from rich.console import Console
+
+from hpsearch.config import from_dict
+from hpsearch.runner import FINISHED, run_study
+from tests.conftest import tiny_study
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def check_study(study: optuna.Study, n: int) -> None:
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == n
+    assert len({t.number for t in trials}) == len(trials)
+    others = [t for t in trials if t.state not in FINISHED]
+    # Only a race-lost "surplus" start may be left besides the finished trials; nothing failed.
+    assert all(t.user_attrs.get("stop_reason") == "surplus" for t in others), [t.user_attrs for t in others]
+
+
+def test_three_workers_on_sqlite(data_dir, tmp_path):
+    cfg = from_dict(
+        tiny_study(data_dir, n_trials=7, sampler={"name": "tpe", "n_startup_trials": 3}), "p.yaml"
+    )
+    study = run_study(cfg, f"sqlite:///{tmp_path}/s.db", Console(quiet=True), workers=3)
+    check_study(study, 7)
+
+
+@pytest.fixture
+def pg_url():
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg", reason="psycopg not installed: pip install hpsearch[postgres]")
+    name = f"hpsearch_test_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = f"no PostgreSQL server answers at {PG_ADMIN}: {str(exc).splitlines()[0]}"
+        print(reason)
+        pytest.skip(reason)
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+def test_three_workers_on_postgresql(data_dir, pg_url):
+    cfg = from_dict(
+        tiny_study(data_dir, n_trials=9, sampler={"name": "tpe", "n_startup_trials": 3}), "p.yaml"
+    )
+    study = run_study(cfg, pg_url, Console(quiet=True), workers=3)
+    check_study(study, 9)
+
+
+def test_diverging_trials_do_not_stop_the_study(data_dir, tmp_path):
+    raw = tiny_study(
+        data_dir, n_trials=3, search={"lr": {"type": "float", "low": 1.0e20, "high": 1.0e30, "log": True}}
+    )
+    study = run_study(from_dict(raw, "d.yaml"), f"sqlite:///{tmp_path}/s.db", Console(quiet=True))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 3
+    assert all(t.user_attrs["stop_reason"] == "diverged" and "lr" in t.params for t in study.trials)
+
+
+# --------------------------------------------------------------------------- real signals
+
+
+def slow_study(tmp_path, data_dir, n_trials=3):
+    raw = tiny_study(
+        data_dir,
+        name="slow",
+        n_trials=n_trials,
+        training={"max_epochs": 40, "patience": 40, "samples_per_epoch": 512, "valid_samples": 256},
+    )
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def start(path, url, **env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch.cli", "run", "--study", str(path), "--storage", url],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_running_trial(url, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            study = optuna.load_study(study_name="slow", storage=url)
+        except KeyError:
+            time.sleep(0.3)
+            continue
+        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        if running and running[0].intermediate_values:
+            return running[0]
+        time.sleep(0.3)
+    raise AssertionError("no trial started")
+
+
+def test_sigkill_mid_trial_is_recovered_with_the_same_params(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/s.db"
+    path = slow_study(tmp_path, data_dir)
+    env = {"HPSEARCH_HEARTBEAT_SECONDS": "1"}
+    proc = start(path, url, **env)
+    killed = wait_for_running_trial(url, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert optuna.load_study(study_name="slow", storage=url).trials[killed.number].state.name == "RUNNING"
+    time.sleep(4)  # > 3 missed heartbeats
+    proc = start(path, url, **env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    study = optuna.load_study(study_name="slow", storage=url)
+    trials = study.trials
+    assert trials[killed.number].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state in FINISHED
+    assert len([t for t in trials if t.state in FINISHED]) == 3
+
+
+def test_ctrl_c_marks_the_trial_interrupted_and_rerun_resumes(tmp_path, data_dir):
+    url = f"sqlite:///{tmp_path}/s.db"
+    path = slow_study(tmp_path, data_dir, n_trials=2)
+    proc = start(path, url)
+    interrupted = wait_for_running_trial(url, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Run the same command again to resume" in err and "Traceback" not in err + out
+    trial = optuna.load_study(study_name="slow", storage=url).trials[interrupted.number]
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["stop_reason"] == "interrupted"
+    proc = start(path, url)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    study = optuna.load_study(study_name="slow", storage=url)
+    assert len([t for t in study.trials if t.state in FINISHED]) == 2
