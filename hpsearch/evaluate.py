@@ -201,6 +201,69 @@ def write_plots(out: Path, result: TrainResult, prep: Prepared, scored: dict, ti
     plots.ic_over_time({s: scored[s]["ic_series"] for s in ("valid", "test")}, out / "ic_over_time.png")
 
 
+def summarize(
+    cfg: StudyConfig,
+    config: Path,
+    dev: torch.device,
+    prep: Prepared,
+    result: TrainResult,
+    scored: dict[str, dict[str, Any]],
+    extras: dict,
+) -> dict[str, Any]:
+    """Everything metrics.json holds: the training run, each segment beside its baselines."""
+    search_value = (extras.get("result") or {}).get("value")
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "config": str(config),
+        "seed": cfg.seed,
+        "device": str(dev),
+        "label": {
+            "what": "forward return over `horizon` trading days x label_scale, one per output step",
+            "horizon": cfg.data.horizon,
+            "label_scale": cfg.data.label_scale,
+            "output_window": cfg.data.output_window,
+        },
+        "training": {
+            "best_epoch": result.best_epoch,
+            "epochs": len(result.history),
+            "stop_reason": result.stop_reason,
+            "seconds": round(result.seconds, 2),
+            "best_valid_subset_mse": result.best_valid,
+            "valid_subset_windows": int(len(prep.valid_anchors)),
+            "search_value": search_value,
+            "reproduced_search_value": search_value is not None
+            and math.isclose(result.best_valid, search_value, rel_tol=1e-6),
+        },
+        "segments": {s: segment_summary(prep.windows, s, scored[s]) for s in ("valid", "test")},
+    }
+    summary["findings"] = findings(summary)
+    summary["notes"] = DEFINITIONS
+    return summary
+
+
+def provenance_doc(
+    cfg: StudyConfig, config: Path, dev: torch.device, prep: Prepared, extras: dict, started: float
+) -> dict[str, Any]:
+    """What the result was computed from, saved next to it."""
+    return {
+        "config_file": str(config.resolve()),
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+        "seed": cfg.seed,
+        "valid_subset_seed": study_seed(cfg, extras),
+        "device": str(dev),
+        "data_fingerprint": {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"},
+        "data_files_sha256": prep.bars.fingerprint["file_sha256"],
+        "segments": {
+            s.name: [str(s.first.date()), str(s.last.date()), s.windows]
+            for s in prep.windows.segments.values()
+        },
+        "versions": versions(),
+        "search": extras.get("result"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 2),
+    }
+
+
 def run_final(
     config: str | Path,
     console: Console,
@@ -241,34 +304,7 @@ def run_final(
     # The one evaluation on test, after training is over and the weights are fixed.
     scored = {s: score(model, prep.windows, s) for s in ("valid", "test")}
 
-    search_value = (extras.get("result") or {}).get("value")
-    summary: dict[str, Any] = {
-        "name": cfg.name,
-        "config": str(config),
-        "seed": cfg.seed,
-        "device": str(dev),
-        "label": {
-            "what": "forward return over `horizon` trading days x label_scale, one per output step",
-            "horizon": cfg.data.horizon,
-            "label_scale": cfg.data.label_scale,
-            "output_window": cfg.data.output_window,
-        },
-        "training": {
-            "best_epoch": result.best_epoch,
-            "epochs": len(result.history),
-            "stop_reason": result.stop_reason,
-            "seconds": round(result.seconds, 2),
-            "best_valid_subset_mse": result.best_valid,
-            "valid_subset_windows": int(len(prep.valid_anchors)),
-            "search_value": search_value,
-            "reproduced_search_value": search_value is not None
-            and math.isclose(result.best_valid, search_value, rel_tol=1e-6),
-        },
-        "segments": {s: segment_summary(prep.windows, s, scored[s]) for s in ("valid", "test")},
-    }
-    summary["findings"] = findings(summary)
-    summary["notes"] = DEFINITIONS
-
+    summary = summarize(cfg, config, dev, prep, result, scored, extras)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(_json_ready(summary), indent=2) + "\n")
     predictions_frame(prep.windows, scored["test"]).to_csv(
@@ -277,23 +313,7 @@ def run_final(
     torch.save(result.best_state, out / "model.pt")
     resolved = {k: v for k, v in cfg.to_dict().items() if k in RUN_KEYS}
     write_yaml(resolved, out / "config.yaml")
-    provenance = {
-        "config_file": str(config.resolve()),
-        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
-        "seed": cfg.seed,
-        "valid_subset_seed": study_seed(cfg, extras),
-        "device": str(dev),
-        "data_fingerprint": {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"},
-        "data_files_sha256": prep.bars.fingerprint["file_sha256"],
-        "segments": {
-            s.name: [str(s.first.date()), str(s.last.date()), s.windows]
-            for s in prep.windows.segments.values()
-        },
-        "versions": versions(),
-        "search": extras.get("result"),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "seconds": round(time.time() - started, 2),
-    }
+    provenance = provenance_doc(cfg, config, dev, prep, extras, started)
     (out / "provenance.json").write_text(json.dumps(_json_ready(provenance), indent=2) + "\n")
     if with_plots:
         write_plots(out, result, prep, scored, chosen, cfg.seed)
