@@ -22,7 +22,8 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
         best = study.best_trial
     except ValueError:
         raise ConfigError(f"study '{study.study_name}' has no completed trial yet") from None
-    cfg = stored_config(study).with_params(best.params)
+    study_cfg = stored_config(study)
+    cfg = study_cfg.with_params(best.params)
     full = cfg.to_dict()
     out: dict[str, Any] = {k: full[k] for k in RUN_KEYS}
     out["seed"] = best.user_attrs.get("seed", cfg.seed)  # the seed that trial trained with
@@ -35,6 +36,8 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
         "best_epoch": best.user_attrs.get("best_epoch"),
         "stop_reason": best.user_attrs.get("stop_reason"),
         "params": dict(best.params),
+        # The search drew its fixed validation subsample with the study's seed, not the trial's.
+        "valid_subset_seed": study_cfg.seed,
         "baselines_valid_mse": study.user_attrs.get("baselines_valid_mse_by_window", {}).get(
             str(cfg.data.output_window), study.user_attrs.get("baselines_valid_mse")
         ),
