@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from hpsearch.artifacts import TrialArtifacts, best_predictions, valid_ic
 from hpsearch.config import StudyConfig
 from hpsearch.models import build_model
 from hpsearch.search import suggest_params
@@ -41,12 +42,14 @@ class Objective:
         valid_anchors: np.ndarray,
         on_epoch: EpochHook | None = None,
         budget: Any = None,
+        artifacts: TrialArtifacts | None = None,
     ) -> None:
         self.cfg = cfg
         self.data = data
         self.valid_anchors = valid_anchors
         self.on_epoch = on_epoch
         self.budget = budget  # has is_surplus(trial); None: no limit (a FixedTrial, a test)
+        self.artifacts = artifacts  # PNGs for the dashboard; None: none written
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.budget is not None and self.budget.is_surplus(trial):
@@ -74,6 +77,7 @@ class Objective:
             result = train(model, data, run.training, seed, self.valid_anchors, on_epoch=report)
         except optuna.TrialPruned:
             self._record(trial, history, "pruned")
+            self._artifacts(trial, history, data, "pruned")
             raise
         except KeyboardInterrupt:
             self._record(trial, history, "interrupted")
@@ -81,9 +85,24 @@ class Objective:
         self._record(trial, history, result.stop_reason, seconds=result.seconds)
         if result.stop_reason == "diverged" or not math.isfinite(result.best_valid):
             # Never hand Optuna a NaN: a diverged run is pruned, its parameters and reason kept.
+            self._artifacts(trial, history, data, result.stop_reason)
             raise optuna.TrialPruned("diverged: non-finite loss")
         trial.set_user_attr("valid_step1_mse", _r(result.best_valid_step1))
+        pred, true = best_predictions(model, data, self.valid_anchors, result.best_state)
+        trial.set_user_attr("valid_ic", valid_ic(pred, true, data, self.valid_anchors))
+        self._artifacts(trial, history, data, result.stop_reason, model)
         return result.best_valid
+
+    def _artifacts(
+        self,
+        trial: optuna.Trial,
+        history: list[EpochResult],
+        data: WindowData,
+        reason: str,
+        model: Any = None,
+    ) -> None:
+        if self.artifacts is not None:  # never raises: a failed picture is a warning line
+            self.artifacts.finished(trial, history, data, reason, model)
 
     @staticmethod
     def _record(

@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 import hpsearch
+from hpsearch.artifacts import TrialArtifacts
 from hpsearch.config import StudyConfig, from_dict
 from hpsearch.data import Bars, LoadReport, load_bars
 from hpsearch.errors import ConfigError, mask_url
@@ -26,6 +27,7 @@ from hpsearch.objective import Objective, Surplus
 from hpsearch.progress import SearchProgress, best_trials_table
 from hpsearch.search import make_pruner, make_sampler
 from hpsearch.storage import open_storage
+from hpsearch.study_note import StudyNote
 from hpsearch.train import resolve_device, valid_subset
 from hpsearch.windows import WindowData, build_windows
 
@@ -195,8 +197,13 @@ def optimize(
 ) -> None:
     """Run trials in this process until the study holds cfg.n_trials finished ones."""
     budget = Budget(cfg.n_trials)
-    objective = Objective(cfg, prep.windows, prep.valid_anchors, on_epoch=on_epoch, budget=budget)
-    callbacks = [budget] + ([on_trial_end] if on_trial_end else [])
+    # Learning curves and prediction plots as Optuna artifacts beside the storage, and the study's
+    # dashboard note rewritten after every trial (see hpsearch.artifacts, hpsearch.study_note).
+    artifacts = TrialArtifacts.for_study(study, prep.baselines_by_window)
+    objective = Objective(
+        cfg, prep.windows, prep.valid_anchors, on_epoch=on_epoch, budget=budget, artifacts=artifacts
+    )
+    callbacks = [budget, StudyNote(cfg.n_trials, prep.baselines)] + ([on_trial_end] if on_trial_end else [])
     if count(study, FINISHED) < cfg.n_trials:
         study.optimize(objective, callbacks=callbacks, gc_after_trial=False, catch=(Surplus,))
 
