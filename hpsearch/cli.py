@@ -158,6 +158,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpsearch.dashboard import serve
+    from hpsearch.storage import resolve_url
+
+    _quiet_optuna()
+    return serve(resolve_url(args.storage), args.host, args.port, args.artifacts, console)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "run": (cmd_run, "run (or resume) a study until it holds n_trials finished trials"),
     "export": (cmd_export, "write the best trial of a study as a YAML run config"),
@@ -167,6 +175,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "train": (cmd_train, "retrain an exported config, evaluate once on test, write metrics and plots"),
     "report": (cmd_report, "tables, parameter importances, plots and report.md of a study"),
     "data": (cmd_data, "check a data folder: `hpsearch data check --data DIR`"),
+    "dashboard": (cmd_dashboard, "serve optuna-dashboard on a storage, with trial plots and study notes"),
 }
 
 
@@ -204,6 +213,16 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", help=storage_help)
     report.add_argument("--out", help="output folder (default runs/<study>/report)")
     report.add_argument("--param", default="lr", help="searched parameter to plot against value (default lr)")
+    dash = cmds["dashboard"]
+    dash.add_argument("--storage", help=storage_help)
+    dash.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    dash.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    dash.add_argument(
+        "--artifacts",
+        help="artifact folder (default: $HPSEARCH_ARTIFACTS, else artifacts/ beside the SQLite file)",
+    )
     data_sub = cmds["data"].add_subparsers(dest="data_action", required=True, metavar="ACTION")
     check = data_sub.add_parser(
         "check",
