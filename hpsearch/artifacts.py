@@ -6,9 +6,9 @@ linked to their trial by a system attribute, and shown by the dashboard on the t
 
 - `trial_<n>_learning_curve.png`: train and validation loss per epoch, the best epoch marked,
   the naive baselines as lines; for every finished trial with a history (pruned ones too);
-- `trial_<n>_valid_predictions.png`: the best epoch's weights predicting the whole validation
-  segment of a few tickers, against the truth; for COMPLETE trials (a pruned trial's weights
-  were not kept).
+- `trial_<n>_valid_predictions.png`: the best epoch's forecast of a few tickers against the
+  truth, on the validation windows the trial was scored on; for COMPLETE trials (a pruned
+  trial's weights were not kept).
 
 Drawing is cheap (well under a second a trial) and never fails a trial: an artifact that cannot be
 written is one warning line on the `hpsearch` logger, and the trial goes on.
@@ -20,6 +20,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +45,27 @@ PLOT_TICKERS = 3
 DPI = 80
 
 
+@dataclass(frozen=True)
+class Forecast:
+    anchors: np.ndarray  # (N,) windows, in anchor order
+    pred: np.ndarray  # (N, W)
+    true: np.ndarray  # (N, W)
+
+
 def best_predictions(
     model: nn.Module, data: WindowData, anchors: np.ndarray, best_state: dict | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The best epoch's forecasts (N, W) and targets (N, W) of `anchors`; loads best_state."""
+) -> Forecast:
+    """The best epoch's forecasts of `anchors` (loads best_state into the model): one validation
+    pass, which the IC and the prediction plot share."""
     if best_state is not None:
         model.load_state_dict(best_state)
-    return predict(model, data, anchors)
+    pred, true = predict(model, data, anchors)
+    return Forecast(anchors, pred, true)
 
 
-def valid_ic(pred: np.ndarray, true: np.ndarray, data: WindowData, anchors: np.ndarray) -> float | None:
+def valid_ic(forecast: Forecast, data: WindowData) -> float | None:
     """Step-1 IC over the validation windows; None where undefined (a constant forecast)."""
-    value = ic(pred[:, 0], true[:, 0], data.row_date[anchors])
+    value = ic(forecast.pred[:, 0], forecast.true[:, 0], data.row_date[forecast.anchors])
     return float(f"{value:.6g}") if math.isfinite(value) else None
 
 
@@ -71,7 +81,6 @@ class TrialArtifacts:
         self.store = store
         self.baselines_by_window = baselines_by_window or {}
         self.n_tickers = tickers
-        self._plotted: list[tuple[str, np.ndarray]] | None = None  # (ticker, its valid anchors)
 
     @classmethod
     def for_study(
@@ -87,18 +96,18 @@ class TrialArtifacts:
         history: Sequence[EpochResult],
         data: WindowData,
         reason: str,
-        model: nn.Module | None = None,
+        forecast: Forecast | None = None,
     ) -> None:
-        """Learning curve for any trial with a history; with `model` (best weights loaded), the
-        validation predictions too. Each failure is one logged warning, never raised."""
+        """Learning curve for any trial with a history; with the best epoch's `forecast`, the
+        validation prediction plot too. Each failure is one logged warning, never raised."""
         n = trial.number
         drawings: list[tuple[str, Callable[[Path], Path]]] = []
         if history:
             drawings.append(
                 ("learning curve", lambda tmp: self._learning_curve(n, history, data, reason, tmp))
             )
-        if model is not None:
-            drawings.append(("validation predictions", lambda tmp: self._predictions(n, model, data, tmp)))
+        if forecast is not None:
+            drawings.append(("validation predictions", lambda tmp: self._predictions(n, forecast, data, tmp)))
         for what, draw in drawings:
             try:
                 with tempfile.TemporaryDirectory(prefix="hpsearch-artifact-") as tmp:
@@ -138,22 +147,20 @@ class TrialArtifacts:
         fig.savefig(path, dpi=DPI)
         return path
 
-    def plotted_tickers(self, data: WindowData) -> list[tuple[str, np.ndarray]]:
-        """The tickers to plot (BIIB and DOV when present, then the first others) with their
-        validation anchors; worked out once, since every trial shares the same windows."""
-        if self._plotted is None:
-            anchors = data.anchors["valid"]
-            ids = data.ticker[torch.as_tensor(anchors, device=data.ticker.device)].cpu().numpy()
-            present = [t for k, t in enumerate(data.tickers) if (ids == k).any()]
-            order = [t for t in PREFERRED_TICKERS if t in present] + [
-                t for t in present if t not in PREFERRED_TICKERS
-            ]
-            self._plotted = [(t, anchors[ids == data.tickers.index(t)]) for t in order[: self.n_tickers]]
-        return self._plotted
+    def plotted_tickers(self, data: WindowData, anchors: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The tickers to plot (BIIB and DOV when present, then the first others), each with the
+        positions of its rows in `anchors`."""
+        ids = data.ticker[torch.as_tensor(anchors, device=data.ticker.device)].cpu().numpy()
+        present = [t for k, t in enumerate(data.tickers) if (ids == k).any()]
+        order = [t for t in PREFERRED_TICKERS if t in present] + [
+            t for t in present if t not in PREFERRED_TICKERS
+        ]
+        return [(t, np.flatnonzero(ids == data.tickers.index(t))) for t in order[: self.n_tickers]]
 
-    def _predictions(self, number: int, model: nn.Module, data: WindowData, tmp: Path) -> Path:
-        """Step-1 forecast against truth over each plotted ticker's whole validation segment."""
-        chosen = self.plotted_tickers(data)
+    def _predictions(self, number: int, forecast: Forecast, data: WindowData, tmp: Path) -> Path:
+        """Step-1 forecast against truth for a few tickers, over the validation windows the trial
+        was scored on (the study's validation sample when `valid_samples` > 0: no extra pass)."""
+        chosen = self.plotted_tickers(data, forecast.anchors)
         fig = plots.new_figure(9, 1.0 + 2.1 * max(len(chosen), 1), layout=None)
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.07, top=0.9, hspace=0.55)
         axes = fig.subplots(max(len(chosen), 1), 1, squeeze=False).ravel()
@@ -164,20 +171,18 @@ class TrialArtifacts:
         )
         if not chosen:
             axes[0].set_title("no validation windows", fontsize=9)
-        # One forward pass for all plotted tickers, split after.
-        ends = np.cumsum([len(a) for _, a in chosen])
-        preds, trues = predict(model, data, np.concatenate([a for _, a in chosen])) if chosen else ([], [])
-        for ax, (ticker, anchors), pred, true in zip(
-            axes, chosen, np.split(preds, ends[:-1]), np.split(trues, ends[:-1]), strict=False
-        ):
-            dates = data.row_date[anchors]
-            ax.plot(dates, true[:, 0], color=plots.TRUE_COLOR, lw=0.8, label="truth")
-            ax.plot(dates, pred[:, 0], color=plots.PRED_COLOR, lw=1.3, label="prediction")
+        for ax, (ticker, rows) in zip(axes, chosen, strict=False):
+            dates = data.row_date[forecast.anchors[rows]]
+            pred, true = forecast.pred[rows, 0], forecast.true[rows, 0]
+            ax.plot(dates, true, color=plots.TRUE_COLOR, lw=0.8, label="truth")
+            ax.plot(dates, pred, color=plots.PRED_COLOR, lw=1.3, label="prediction")
             ax.axhline(0, color="tab:gray", lw=0.5)
             locator = AutoDateLocator()
             ax.xaxis.set_major_locator(locator)
             ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-            ax.set_title(f"{ticker}: {plots.std_note(pred[:, 0], true[:, 0])}", fontsize=8)
+            ax.set_title(
+                f"{ticker}, {len(rows)} validation windows: {plots.std_note(pred, true)}", fontsize=8
+            )
             ax.tick_params(labelsize=7)
         axes[0].legend(fontsize=7, loc="upper left")
         path = tmp / f"trial_{number}_valid_predictions.png"

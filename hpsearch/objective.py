@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from hpsearch.artifacts import TrialArtifacts, best_predictions, valid_ic
+from hpsearch.artifacts import Forecast, TrialArtifacts, best_predictions, valid_ic
 from hpsearch.config import StudyConfig
 from hpsearch.models import build_model
 from hpsearch.search import suggest_params
@@ -88,9 +88,9 @@ class Objective:
             self._artifacts(trial, history, data, result.stop_reason)
             raise optuna.TrialPruned("diverged: non-finite loss")
         trial.set_user_attr("valid_step1_mse", _r(result.best_valid_step1))
-        pred, true = best_predictions(model, data, self.valid_anchors, result.best_state)
-        trial.set_user_attr("valid_ic", valid_ic(pred, true, data, self.valid_anchors))
-        self._artifacts(trial, history, data, result.stop_reason, model)
+        forecast = best_predictions(model, data, self.valid_anchors, result.best_state)
+        trial.set_user_attr("valid_ic", valid_ic(forecast, data))
+        self._artifacts(trial, history, data, result.stop_reason, forecast)
         return result.best_valid
 
     def _artifacts(
@@ -99,10 +99,10 @@ class Objective:
         history: list[EpochResult],
         data: WindowData,
         reason: str,
-        model: Any = None,
+        forecast: Forecast | None = None,
     ) -> None:
         if self.artifacts is not None:  # never raises: a failed picture is a warning line
-            self.artifacts.finished(trial, history, data, reason, model)
+            self.artifacts.finished(trial, history, data, reason, forecast)
 
     @staticmethod
     def _record(
