@@ -19,8 +19,9 @@ from rich.console import Console
 
 import hpsearch
 from hpsearch.artifacts import TrialArtifacts
+from hpsearch.cache import load_windows
 from hpsearch.config import StudyConfig, from_dict
-from hpsearch.data import Bars, LoadReport, load_bars
+from hpsearch.data import Bars, LoadReport
 from hpsearch.errors import ConfigError, mask_url
 from hpsearch.metrics import baselines
 from hpsearch.objective import Objective, Surplus
@@ -29,7 +30,7 @@ from hpsearch.search import make_pruner, make_sampler
 from hpsearch.storage import open_storage
 from hpsearch.study_note import StudyNote
 from hpsearch.train import resolve_device, valid_subset
-from hpsearch.windows import WindowData, build_windows
+from hpsearch.windows import WindowData
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = (optuna.trial.TrialState.RUNNING,)
@@ -63,15 +64,12 @@ class Prepared:
     baselines_by_window: dict[int, dict[str, float]]  # ... at every W the study can try
 
 
-def prepare(cfg: StudyConfig, device: torch.device) -> Prepared:
+def prepare(cfg: StudyConfig, device: torch.device, use_cache: bool = True) -> Prepared:
     d = cfg.data
-    bars = load_bars(
-        d.path,
-        d.tickers,
-        min_rows=d.seq_len + d.horizon + cfg.max_output_window - 1,
-        drop_zero_volume=d.drop_zero_volume,
-    )
-    windows = build_windows(bars, d, cfg.split, cfg.embargo, cfg.max_output_window).to(device)
+    # load_bars + build_windows, or their result from the disk cache (hpsearch/cache.py: keyed by
+    # the files' bytes and the data-shaping config).
+    bars, windows, _ = load_windows(d, cfg.split, cfg.embargo, cfg.max_output_window, use_cache)
+    windows = windows.to(device)
     # The same validation windows for every trial (seeded by the study, not the trial), so that
     # trial values are comparable.
     valid = valid_subset(windows, cfg.training.valid_samples, cfg.seed)

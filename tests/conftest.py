@@ -77,3 +77,10 @@ def tiny_study(data_path: Path | str | None, **overrides) -> dict:
 @pytest.fixture
 def tiny_cfg(data_dir: Path):
     return from_dict(tiny_study(data_dir), "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test its own prepared-data cache (hpsearch/cache.py), never the working directory's
+    runs/cache; subprocesses inherit it through the environment."""
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
