@@ -73,9 +73,11 @@ class WindowData:
         T, W = self.spec.seq_len, self.spec.output_window
         past = torch.arange(-T + 1, 1, device=anchors.device)  # (T,)
         ahead = torch.arange(W, device=anchors.device)  # (W,)
-        x = self.x[anchors[:, None] + past]  # (B, T) rows -> (B, T, F)
-        y = self.y[anchors[:, None] + ahead]  # (B, W)
-        return x, y, self.ticker[anchors]
+        rows = (anchors[:, None] + past).reshape(-1)  # (B, T) -> (B * T,) global rows
+        # index_select: the same rows as self.x[rows] (advanced indexing), ~3x faster on CPU.
+        x = self.x.index_select(0, rows).view(len(anchors), T, -1)  # (B * T, F) -> (B, T, F)
+        y = self.y.index_select(0, (anchors[:, None] + ahead).reshape(-1)).view(len(anchors), W)
+        return x, y, self.ticker.index_select(0, anchors)
 
     def naive_window(self, segment: str) -> np.ndarray:
         """The materialized windows of a segment, the slow obvious way (for tests and baselines)."""
@@ -120,7 +122,7 @@ def build_windows(
     """`anchor_window`: build anchors with room for this many label steps (default: W)."""
     T, H = data.seq_len, data.horizon
     W = max(data.output_window, anchor_window or 0)
-    calendar = np.array(sorted(set().union(*(f["date"].to_numpy() for f in bars.frames.values()))))
+    calendar = np.unique(np.concatenate([f["date"].to_numpy() for f in bars.frames.values()]))  # sorted
     ranges = split_calendar(calendar, split, embargo)
     starts = [calendar[s] for s, _ in ranges]  # first date of each segment
     train_last = calendar[ranges[0][1] - 1]
