@@ -290,6 +290,8 @@ def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
     if n_trials < 1:
         raise ConfigError(f"{where}: n_trials >= 1 must hold, got n_trials={n_trials}")
 
+    if not isinstance(raw.get("model") or {}, dict):
+        raise ConfigError(f"{where}: model: must be a mapping like {{family: cnn2d, c1: 8}}")
     model_raw = dict(raw.get("model") or {})
     fam_name = coerce(model_raw.pop("family", "cnn2d"), str, f"{where}: model.family")
     if fam_name not in models.MODELS:
@@ -448,12 +450,27 @@ def _param(name: str, spec: Any, here: str) -> Param:
     return build(Param, {"name": name, **spec}, here)
 
 
+def _probe_values(p: Param) -> tuple:
+    """Categorical choices; every value of a short int range (e.g. odd-only kernel sizes); the
+    ends of anything else."""
+    if p.type == "categorical":
+        return p.choices
+    if p.type == "int" and p.high - p.low <= 64:
+        step = int(p.step or 1)
+        return (
+            tuple(range(int(p.low), int(p.high) + 1, step))
+            if not p.log
+            else tuple(range(int(p.low), int(p.high) + 1))
+        )
+    return (p.low, p.high)
+
+
 def _check_every_combination(base: Any, params: list[Param], where: str, limit: int = 4096) -> None:
     """Constrain the space, not the trials: every combination of categorical choices and range
     ends must give a valid model config (e.g. n_heads must divide d_model), or the file is refused."""
     names = [p.name.rpartition(".")[2] for p in params]
     fields = {f.name for f in dataclasses.fields(base)}
-    values = [p.choices if p.type == "categorical" else (p.low, p.high) for p in params]
+    values = [_probe_values(p) for p in params]
     pairs = [(n, v) for n, v in zip(names, values, strict=True) if n in fields]
     combos = 1
     for _, v in pairs:
@@ -462,7 +479,9 @@ def _check_every_combination(base: Any, params: list[Param], where: str, limit: 
         return
     for combo in itertools.product(*(v for _, v in pairs)):
         kw = {
-            n: (int(x) if isinstance(getattr(base, n), int) and not isinstance(x, bool) else x)
+            n: (
+                int(x) if isinstance(getattr(base, n), int) and isinstance(x, float) and x.is_integer() else x
+            )
             for (n, _), x in zip(pairs, combo, strict=True)
         }
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,14 @@ def check_component(kind: str, component: Any, where: str) -> None:
                 f"{where}: {kind}.{key}: unknown option for {component.name}{suggest(key, valid)}; "
                 f"valid: {', '.join(valid)}"
             )
+    # Values and required options are checked by building it once now, not at the first trial.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-feature notices of some samplers
+            registry[component.name](**component.options)
+    except (TypeError, ValueError) as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in component.options.items()) or "no options"
+        raise ConfigError(f"{where}: {kind} {component.name} ({shown}): {exc}") from None
 
 
 def make_sampler(component: Any, seed: int) -> optuna.samplers.BaseSampler:

@@ -57,6 +57,13 @@ def test_float_written_without_dot_is_a_number():
         ({"split": {"train": 0.7, "valid": 0.2, "test": 0.2}}, "summing to 1"),
         ({"split": {"embargo": 3}}, "embargo >= horizon + output_window - 1 must hold"),
         ({"data": {"scaler": "minmax"}}, "scaler must be one of per_ticker, standard"),
+        ({"search": {"kernel_size": {"type": "int", "low": 3, "high": 5}}}, "kernel_size must be odd"),
+        ({"search": {"c1": {"type": "int", "low": 0, "high": 0}}}, "c1 >= 1 must hold"),
+        ({"search": {"hidden": {"type": "categorical", "choices": ["a", 16]}}}, "(at hidden=a)"),
+        ({"pruner": {"name": "median", "n_warmup_steps": "five"}}, "pruner median (n_warmup_steps='five')"),
+        ({"pruner": {"name": "percentile"}}, "missing 1 required positional argument: 'percentile'"),
+        ({"sampler": {"name": "qmc", "qmc_type": "bogus"}}, "sampler qmc (qmc_type='bogus')"),
+        ({"model": [1, 2]}, "model: must be a mapping"),
     ],
 )
 def test_invalid_study_is_one_clear_error(patch, message):
