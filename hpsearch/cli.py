@@ -81,6 +81,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"wrote {out}: trial {r['trial']}, valid MSE {r['value']:.6g} "
         f"(predict zero {base['zero']:.6g}, predict train mean {base['train_mean']:.6g})"
     )
+    if r["value"] >= min(base.values()):
+        console.print("[bold yellow]warning[/]: the best trial does not beat a naive constant forecast")
     return 0
 
 

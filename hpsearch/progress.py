@@ -49,6 +49,7 @@ class SearchProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.progress.remove_task(self.epochs)  # no stale "epoch 0/N" line left on screen
         self.progress.__exit__(*exc)
 
     def on_epoch(self, trial: optuna.Trial, ep: EpochResult) -> None:
@@ -81,13 +82,43 @@ class SearchProgress:
         self.progress.reset(self.epochs, total=self.max_epochs, description="epoch")
 
 
-def best_trials_table(study: optuna.Study, baselines: dict[str, float] | None, top: int = 5) -> Table:
+def baselines_of(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """Naive baselines' validation MSE by output window ("1", "48", ...) from the study attrs."""
+    by_window = study.user_attrs.get("baselines_valid_mse_by_window")
+    if by_window:
+        return by_window
+    w = (study.user_attrs.get("config") or {}).get("data", {}).get("output_window", 1)
+    base = study.user_attrs.get("baselines_valid_mse")
+    return {str(w): base} if base else {}
+
+
+def beats_baselines(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool | None:
+    """Whether a complete trial's value is below every naive baseline at its W (None: unknown)."""
+    by_window = baselines_of(study)
+    w = trial.params.get(
+        "output_window", (study.user_attrs.get("config") or {}).get("data", {}).get("output_window", 1)
+    )
+    base = by_window.get(str(w))
+    return None if not base else trial.value < min(base.values())
+
+
+def best_trials_table(study: optuna.Study, top: int = 5) -> Table:
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     done.sort(key=lambda t: t.value)
-    table = Table(
-        title=f"study '{study.study_name}': best {min(top, len(done))} of {len(study.trials)} trials"
+    by_window = baselines_of(study)
+    n_valid = study.user_attrs.get("valid_windows")
+    caption = (
+        f"baselines on the same {n_valid} validation windows every trial is scored on" if n_valid else None
     )
-    for col in ("trial", "valid MSE", "epoch", "stop", "params", "s"):
+    if done and beats_baselines(study, done[0]) is False:
+        caption = "[bold yellow]warning: the best trial does not beat a naive constant forecast[/]" + (
+            f"; {caption}" if caption else ""
+        )
+    table = Table(
+        title=f"study '{study.study_name}': best {min(top, len(done))} of {len(study.trials)} trials",
+        caption=caption,
+    )
+    for col in ("trial", "valid MSE", "epoch", "stop", "params", "train s"):
         table.add_column(col, justify="left" if col in ("trial", "stop", "params") else "right")
     for t in done[:top]:
         a = t.user_attrs
@@ -99,8 +130,8 @@ def best_trials_table(study: optuna.Study, baselines: dict[str, float] | None, t
             fmt_params(t.params),
             f"{a.get('train_seconds', 0):.0f}",
         )
-    for name, value in (baselines or {}).items():
-        table.add_row(
-            f"predict {name.replace('_', ' ')}", f"{value:.5g}", "", "", "(naive baseline)", "", style="dim"
-        )
+    for w, base in by_window.items():
+        for name, value in base.items():
+            label = f"predict {name.replace('_', ' ')}" + (f" (W={w})" if len(by_window) > 1 else "")
+            table.add_row(label, f"{value:.5g}", "", "", "(naive baseline)", "", style="dim")
     return table

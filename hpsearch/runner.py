@@ -34,8 +34,24 @@ from hpsearch.windows import WindowData
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = (optuna.trial.TrialState.RUNNING,)
-# Keys of the stored config that may change between runs of the same study.
-MUTABLE_KEYS = ("n_trials", "description")
+# Settings of the stored config that may change between runs of the same study: the budget,
+# the text, where the data are read from (their identity is the fingerprint, checked apart) and
+# the device a worker trains on.
+MUTABLE = {("n_trials",), ("description",), ("data", "path"), ("training", "device")}
+
+
+def _differences(stored: dict, now: dict, prefix: tuple = ()) -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(now)):
+        path = (*prefix, key)
+        if path in MUTABLE:
+            continue
+        a, b = stored.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, path)
+        elif a != b:
+            out.append(f"{'.'.join(path)} ({a!r} -> {b!r})")
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -102,12 +118,12 @@ def check_resumable(study: optuna.Study, cfg: StudyConfig, fingerprint: dict) ->
     stored = study.user_attrs.get("config")
     if stored is None:
         return
-    now = cfg.to_dict()
-    diff = [k for k in now if k not in MUTABLE_KEYS and stored.get(k) != now[k]]
+    diff = _differences(stored, cfg.to_dict())
     if diff:
         raise ConfigError(
-            f"study '{cfg.name}' already exists in this storage with a different {', '.join(diff)}; "
-            f"give the study a new `name` (or delete it: hpsearch delete --study {cfg.name})"
+            f"study '{cfg.name}' already exists in this storage with a different {', '.join(diff[:3])}"
+            f"{' and more' if len(diff) > 3 else ''}; give the study a new `name` "
+            f"(or delete it: hpsearch delete --study {cfg.name})"
         )
     old = study.user_attrs.get("data_fingerprint", {}).get("sha256")
     if old and old != fingerprint["sha256"]:
@@ -243,7 +259,7 @@ def run_study(
             f"[yellow]warning[/]: {finished} of {cfg.n_trials} trials finished (failed or surplus trials "
             f"do not count); run the same command again to continue"
         )
-    console.print(best_trials_table(study, prep.baselines))
+    console.print(best_trials_table(study))
     return study
 
 

@@ -55,8 +55,23 @@ def test_changed_study_file_is_refused_on_resume(tiny_cfg, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     run_study(tiny_cfg, url, quiet(), n_trials=1)
     changed = dataclasses.replace(tiny_cfg, training=dataclasses.replace(tiny_cfg.training, max_epochs=9))
-    with pytest.raises(ConfigError, match="already exists in this storage with a different training"):
+    with pytest.raises(ConfigError, match=r"with a different training.max_epochs \(3 -> 9\)"):
         run_study(changed, url, quiet(), n_trials=2)
+
+
+def test_device_and_data_location_may_change_on_resume(tiny_cfg, data_dir, tmp_path):
+    import shutil
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    run_study(tiny_cfg, url, quiet(), n_trials=1)
+    copy = shutil.copytree(data_dir, tmp_path / "copy")  # the same bytes elsewhere
+    moved = dataclasses.replace(
+        tiny_cfg,
+        data=dataclasses.replace(tiny_cfg.data, path=str(copy)),
+        training=dataclasses.replace(tiny_cfg.training, device="auto"),
+    )
+    study = run_study(moved, url, quiet(), n_trials=2)
+    assert len(finished(study)) == 2
 
 
 def test_export_round_trip(tiny_cfg, tmp_path):
@@ -94,3 +109,24 @@ def test_pruner_prunes_hopeless_trials(data_dir, tmp_path):
     assert optuna.trial.TrialState.PRUNED in states
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert all(t.user_attrs["stop_reason"] == "pruned" for t in pruned)
+
+
+@pytest.mark.parametrize(("value", "warned"), [(0.5, True), (0.01, False)])
+def test_table_warns_when_the_best_trial_loses_to_a_constant(value, warned):
+    from hpsearch.progress import best_trials_table
+
+    study = optuna.create_study()
+    study.set_user_attr("baselines_valid_mse", {"zero": 0.02, "train_mean": 0.019})
+    study.set_user_attr("config", {"data": {"output_window": 1}})
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 1e-3},
+            distributions={"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)},
+            value=value,
+        )
+    )
+    console = Console(record=True, width=120)
+    console.print(best_trials_table(study))
+    text = console.export_text()
+    assert ("does not beat a naive constant forecast" in text) is warned
+    assert "predict train mean" in text
