@@ -27,7 +27,7 @@ from hpsearch.metrics import baselines
 from hpsearch.objective import Objective, Surplus
 from hpsearch.progress import SearchProgress, best_trials_table
 from hpsearch.search import make_pruner, make_sampler
-from hpsearch.storage import open_storage
+from hpsearch.storage import open_storage, sqlite_path
 from hpsearch.study_note import StudyNote
 from hpsearch.train import resolve_device, valid_subset
 from hpsearch.windows import WindowData
@@ -133,10 +133,13 @@ def check_resumable(study: optuna.Study, cfg: StudyConfig, fingerprint: dict) ->
         )
 
 
-def open_study(cfg: StudyConfig, storage_url: str, prep: Prepared) -> tuple[optuna.Study, int]:
+def open_study(
+    cfg: StudyConfig, storage: str | optuna.storages.BaseStorage, prep: Prepared
+) -> tuple[optuna.Study, int]:
     """Load the study (checking it asks the same question of the same data) or create it with
     its provenance. Returns the study and how many trials had been started before."""
-    storage = open_storage(storage_url)
+    if isinstance(storage, str):
+        storage = open_storage(storage)
     try:
         study = optuna.load_study(study_name=cfg.name, storage=storage)
         check_resumable(study, cfg, prep.bars.fingerprint)
@@ -236,9 +239,12 @@ def run_study(
     if workers < 1:
         raise ConfigError(f"--workers >= 1 must hold, got {workers}")
     device = resolve_device(cfg.training.device)
+    # A server URL is checked before the data load (seconds to minutes) so that a typo fails at
+    # once; a SQLite file is opened only after, as opening creates it.
+    storage = None if sqlite_path(storage_url) else open_storage(storage_url)
     prep = prepare(cfg, device)
     describe_data(console, prep.bars.report, prep.windows, prep.bars.fingerprint)
-    study, _ = open_study(cfg, storage_url, prep)
+    study, _ = open_study(cfg, storage or storage_url, prep)
     done = count(study, FINISHED)
     console.print(
         f"study '{cfg.name}' in {mask_url(storage_url)}: {done} of {cfg.n_trials} trials finished, "
