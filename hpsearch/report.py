@@ -98,7 +98,11 @@ def comparison_grid(
         cells = [str(r["number"]), str(setting(r, config, "family"))]
         cells += [fmt(setting(r, config, c)) for c in model_cols]
         cells += [fmt(setting(r, config, k)) for k in ("lr", "label_scale", "output_window")]
-        cells += [best, r["stop_reason"], fmt(r["train_seconds"])]
+        cells += [
+            best,
+            r["stop_reason"],
+            f"{r['train_seconds']:.1f}" if r["train_seconds"] is not None else "-",
+        ]
         out.append(cells)
     for name, value in (baselines or {}).items():
         out.append(
