@@ -115,11 +115,23 @@ def cmd_studies(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     import optuna
 
+    from hpsearch.artifact_store import artifact_dir, open_store
     from hpsearch.storage import resolve_url
 
     study = _open_study(args)
+    url = resolve_url(args.storage)
+    folder = artifact_dir(url)
+    removed = 0
+    if folder is not None and folder.is_dir():
+        # The storage knows which files belong to the study; remove them before its records go.
+        store = open_store(folder)
+        for trial in study.get_trials(deepcopy=False):
+            for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage):
+                if (folder / meta.artifact_id).exists():
+                    store.remove(meta.artifact_id)
+                    removed += 1
     optuna.delete_study(study_name=study.study_name, storage=study._storage)
-    console.print(f"deleted study '{args.study}' from {mask_url(resolve_url(args.storage))}")
+    console.print(f"deleted study '{args.study}' and {removed} artifact files from {mask_url(url)}")
     return 0
 
 

@@ -119,7 +119,9 @@ def best_trials_table(study: optuna.Study, top: int = 5) -> Table:
         caption=caption,
     )
     for col in ("trial", "valid MSE", "epoch", "stop", "params", "train s"):
-        table.add_column(col, justify="left" if col in ("trial", "stop", "params") else "right")
+        table.add_column(
+            col, justify="left" if col in ("trial", "stop", "params") else "right", no_wrap=col != "params"
+        )
     for t in done[:top]:
         a = t.user_attrs
         table.add_row(
@@ -133,5 +135,5 @@ def best_trials_table(study: optuna.Study, top: int = 5) -> Table:
     for w, base in by_window.items():
         for name, value in base.items():
             label = f"predict {name.replace('_', ' ')}" + (f" (W={w})" if len(by_window) > 1 else "")
-            table.add_row(label, f"{value:.5g}", "", "", "(naive baseline)", "", style="dim")
+            table.add_row(label, f"{value:.5g}", "", "", "(baseline)", "", style="dim")
     return table

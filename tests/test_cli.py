@@ -22,7 +22,7 @@ def workdir(tmp_path, monkeypatch):
 def test_smoke_study_end_to_end(workdir, capsys):
     assert main(["run", "--study", "smoke"]) == 0
     out = capsys.readouterr().out
-    assert "4 of 4" not in out or "trial" in out
+    assert "0 of 4 trials finished, running 4" in out and "predict train mean" in out
     assert (workdir / "runs" / "hpsearch.db").is_file()
     assert main(["run", "--study", "smoke"]) == 0  # resume: already complete
     assert "4 of 4 trials finished, running 0" in capsys.readouterr().out
@@ -31,6 +31,13 @@ def test_smoke_study_end_to_end(workdir, capsys):
     assert main(["export", "--study", "smoke", "-o", "best.yaml"]) == 0
     doc = yaml.safe_load((workdir / "best.yaml").read_text())
     assert doc["model"]["family"] == "cnn2d" and "lr" in doc["result"]["params"]
+    artifacts = workdir / "runs" / "artifacts"
+    assert any(artifacts.iterdir())
+    capsys.readouterr()
+    assert main(["delete", "--study", "smoke"]) == 0
+    assert "deleted study 'smoke'" in capsys.readouterr().out
+    assert not any(artifacts.iterdir())  # its artifact files went with it
+    assert main(["export", "--study", "smoke"]) == 2
 
 
 def test_console_script_runs_from_any_directory(workdir):
