@@ -1,0 +1,803 @@
+"""Speed, measured: hpsearch against the straightforward pipeline and against this machine's limit.
+
+    python scripts/bench.py [--quick] [--data DIR] [--threads N] [--device auto]
+
+Prints one table. Every figure stands beside its baseline measured in the same run; competing
+variants run interleaved (A, B, A, B, ...) and each figure is the median of its repetitions, so a
+machine whose load drifts still gives fair ratios. Sections (issue 8):
+
+1. data preparation of the S&P 500 folder: hpsearch cold (no cache), warm (cache hit) and a path
+   that materializes every window; each in its own process, so that peak memory is its own;
+2. CNN training throughput over an epoch, data loading included: hpsearch's loop against the
+   reference lab's (Dataset slicing one window, DataLoader, batch 64, layer-by-layer CNN, default
+   Adam), lever by lever; the model's GFLOP/s against this machine's float32 matmul;
+3. the validation pass's share of an epoch at the default study settings, the subsample's size
+   and its effect on the ranking of learning rates;
+4. time to an answer: the lr_sweep study against the same trials run the reference lab's way;
+5. search efficiency: epochs trained with early stopping and pruning against every trial run to
+   max_epochs;
+6. Transformer training throughput at W = 1 and W = 48, as in 2.
+
+`--quick` shrinks every section (fewer tickers, windows, trials, epochs; the table says so) to
+run in under two minutes; it is what CI may call. The full run is for the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from hpsearch import train as train_module
+from hpsearch.config import Component, StudyConfig, load_study
+from hpsearch.data import find_files, ticker_from_name
+from hpsearch.models import build_model
+from hpsearch.models.cnn2d import Cnn2d
+from hpsearch.models.transformer import Transformer, TransformerConfig
+from hpsearch.reference import ReferenceCnn2d, loader, reference_epoch, reference_valid_loss
+from hpsearch.runner import FINISHED, open_study, optimize, prepare
+from hpsearch.train import make_optimizer, resolve_device, train, train_epoch, valid_losses
+from hpsearch.windows import SEGMENTS, WindowData
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "sp500"
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each section to run."""
+
+    prep_tickers: int | None  # section 1: tickers of the folder (None: all)
+    epoch_windows: int  # sections 2 and 6: training windows per timed epoch
+    reps: int  # repetitions of every interleaved measurement
+    transformer_windows: int
+    study_scale: dict  # section 3-5: overrides of the lr_sweep study (empty: as shipped)
+    reference_epochs: int  # section 4: trial-epochs run the reference way, then scaled
+    rank_lrs: int  # section 3: learning rates ranked on the subsample and on all windows
+    rank_epochs: int
+    compile: bool  # section 2: try torch.compile (tens of seconds of compilation)
+
+
+FULL = Plan(None, 8192, 5, 2048, {}, 6, 6, 4, True)
+QUICK = Plan(
+    30,
+    1024,
+    3,
+    256,
+    {
+        "n_trials": 6,
+        "training": {"max_epochs": 5, "samples_per_epoch": 1024, "valid_samples": 1024, "patience": 2},
+        "sampler": {"n_startup_trials": 3},
+        "pruner": {"n_startup_trials": 2, "n_warmup_steps": 2},
+    },
+    2,
+    4,
+    2,
+    False,
+)
+
+
+@dataclass
+class Row:
+    section: str
+    what: str
+    ours: str
+    baseline: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: bool | None = None
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    device: torch.device
+    threads: int
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *args, **kw) -> None:
+        self.rows.append(Row(*args, **kw))
+
+
+# ---------------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def interleaved(
+    variants: dict[str, Callable[[], object]], reps: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds of each variant, run in turn (A, B, C, A, B, C, ...) after one warm-up each."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(reps):
+        names = list(variants)
+        names = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+        for name in names:
+            times[name].append(timed(variants[name], device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "-"
+
+
+# ---------------------------------------------------------------------------------- studies
+
+
+def study_config(plan: Plan, device: torch.device, **more) -> StudyConfig:
+    """The shipped lr_sweep, scaled down by the plan where it says so."""
+    cfg = load_study("lr_sweep")
+    scale = {**plan.study_scale, **more}
+    for key, value in scale.items():
+        if key == "training":
+            cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **value))
+        elif key in ("sampler", "pruner"):
+            old = getattr(cfg, key)
+            cfg = dataclasses.replace(cfg, **{key: Component(old.name, {**old.options, **value})})
+        elif key == "data":
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **value))
+        else:
+            cfg = dataclasses.replace(cfg, **{key: value})
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, device=str(device)))
+
+
+def reference_twin(model: Cnn2d, cfg, spec) -> ReferenceCnn2d:
+    ref = ReferenceCnn2d(cfg, spec).to(next(model.parameters()).device)
+    ref.load_state_dict(model.state_dict())
+    return ref
+
+
+# ------------------------------------------------------------------------- 1: data preparation
+
+
+def child_prep(args: argparse.Namespace) -> None:
+    """Run in a subprocess: one preparation path, then its time and this process's peak memory."""
+    import resource
+
+    def peak() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r / GIB if sys.platform == "darwin" else r * 1024 / GIB
+
+    cfg = load_study("lr_sweep")
+    tickers = tuple(args.tickers.split(",")) if args.tickers else None
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, path=args.data or None, tickers=tickers)
+    )
+    before = peak()
+    t = time.perf_counter()
+    prep = prepare(cfg, torch.device("cpu"), use_cache=args.mode != "materialize")
+    held = sum(t.numel() * t.element_size() for t in (prep.windows.x, prep.windows.y, prep.windows.ticker))
+    held += sum(a.nbytes for a in prep.windows.anchors.values())
+    if args.mode == "materialize":
+        w, T = prep.windows, prep.windows.spec.seq_len
+        x = w.x.numpy()
+        # The obvious way: every window its own (T, F) array, stacked per segment.
+        windows = {s: np.stack([x[a - T + 1 : a + 1] for a in w.anchors[s]]) for s in SEGMENTS}
+        held = sum(v.nbytes for v in windows.values())
+    seconds = time.perf_counter() - t
+    print(json.dumps({"seconds": seconds, "peak_gib": peak(), "imports_gib": before, "held_gib": held / GIB}))
+
+
+def run_child(mode: str, data: str, tickers: list[str] | None, cache: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--data", data, "--tickers", ",".join(tickers or [])]
+    env = {**os.environ, "HPSEARCH_CACHE_DIR": cache}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"{mode} preparation failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def section_prep(b: Bench, data_dir: Path | None) -> None:
+    if data_dir is None or not data_dir.is_dir():
+        b.notes.append(
+            f"1: {data_dir or DEFAULT_DATA} not found: the full-size run is skipped; section 1 runs on the "
+            "shipped sample (24 tickers)"
+        )
+        data, tickers, label = "", None, "shipped sample, 24 tickers"
+    else:
+        names = sorted({ticker_from_name(f) for f in find_files(data_dir)})
+        tickers = names[: b.plan.prep_tickers] if b.plan.prep_tickers else None
+        data = str(data_dir)
+        label = f"{len(tickers) if tickers else len(names)} of {len(names)} tickers"
+    with tempfile.TemporaryDirectory(prefix="hpsearch-bench-cache-") as cache:
+        cold = run_child("cold", data, tickers, cache)
+        warm = run_child("warm", data, tickers, cache)
+        naive = run_child("materialize", data, tickers, "off")
+    s = "1 data prep"
+    b.add(
+        s,
+        f"cold: load, clean, features, labels, split, scale, index, cache write ({label})",
+        f"{fmt_s(cold['seconds'])}, peak {cold['peak_gib']:.2f} GiB",
+        f"materialized windows: {fmt_s(naive['seconds'])}, peak {naive['peak_gib']:.2f} GiB",
+        f"{ratio(naive['seconds'], cold['seconds'])} time, "
+        f"{ratio(naive['peak_gib'], cold['peak_gib'])} memory",
+        "<= 15 s, <= 2 GiB",
+        cold["seconds"] <= 15 and cold["peak_gib"] <= 2,
+    )
+    b.add(
+        s,
+        "warm: the same data and config again (cache hit)",
+        fmt_s(warm["seconds"]),
+        f"cold {fmt_s(cold['seconds'])}",
+        ratio(cold["seconds"], warm["seconds"]),
+        "<= 2 s",
+        warm["seconds"] <= 2,
+    )
+    b.add(
+        s,
+        "windows held in memory (peaks include ~{:.2f} GiB of imports)".format(cold["imports_gib"]),
+        f"{cold['held_gib']:.3f} GiB (rows x features + index)",
+        f"{naive['held_gib']:.2f} GiB (windows x T x F)",
+        ratio(naive["held_gib"], cold["held_gib"]),
+    )
+
+
+# --------------------------------------------------------------------- 2: CNN training throughput
+
+
+def gather_by_indexing(data: WindowData, anchors: torch.Tensor):
+    """The previous gather: advanced indexing of a (B, T) row index."""
+    T, W = data.spec.seq_len, data.spec.output_window
+    past = torch.arange(-T + 1, 1, device=anchors.device)
+    ahead = torch.arange(W, device=anchors.device)
+    return data.x[anchors[:, None] + past], data.y[anchors[:, None] + ahead], data.ticker[anchors]
+
+
+def gathered_epoch(model, opt, data: WindowData, order: torch.Tensor, batch: int, gather) -> None:
+    model.train()
+    loss_fn = nn.MSELoss()
+    for start in range(0, len(order), batch):
+        x, y, tk = gather(data, order[start : start + batch])
+        loss = loss_fn(model(x, tk), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+
+
+class Conv1AsMatmul(nn.Module):
+    """Bench only (a lever that did not pay): the one-channel first convolution as the k*k shifted
+    copies of the window times a (k*k, c1) matrix, written straight into channels-last layout."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        B, _, T, F = z.shape
+        k = self.conv.kernel_size[0]
+        p = k // 2
+        zp = nn.functional.pad(z[:, 0], (p, p, p, p))  # (B, T, F) -> (B, T + 2p, F + 2p)
+        cols = torch.stack(
+            [zp[:, i : i + T, j : j + F] for i in range(k) for j in range(k)], -1
+        )  # (B, T, F, k*k)
+        w = self.conv.weight.view(self.conv.out_channels, k * k)  # (c1, k*k)
+        out = torch.addmm(self.conv.bias, cols.view(-1, k * k), w.t())  # (B*T*F, c1)
+        return out.view(B, T, F, -1).permute(0, 3, 1, 2)  # (B, c1, T, F) in channels-last memory
+
+
+def flops_per_window(model: nn.Module, data: WindowData, batch: int) -> float:
+    """Forward + backward FLOPs of one training step, per window (torch's FlopCounterMode)."""
+    x, y, tk = data.gather(torch.as_tensor(data.anchors["train"][:batch], device=data.x.device))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.mse_loss(model(x, tk), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def matmul_gflops(device: torch.device, reps: int) -> float:
+    n = 2048
+    a, c = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds = interleaved({"mm": lambda: a @ c}, max(reps, 5), device)["mm"]
+    return 2 * n**3 / seconds / 1e9
+
+
+def section_cnn(b: Bench, prep) -> None:
+    plan, dev = b.plan, b.device
+    w = prep.windows
+    cfg = prep.cfg.model
+    tc = prep.cfg.training
+    n = plan.epoch_windows
+    gen = torch.Generator().manual_seed(0)
+    train_anchors = torch.as_tensor(w.anchors["train"])
+
+    def order() -> torch.Tensor:
+        return train_anchors[torch.randperm(len(train_anchors), generator=gen)[:n]].to(dev)
+
+    torch.manual_seed(0)
+    base = Cnn2d(cfg, w.spec).to(dev)
+
+    def fresh(kind: str) -> nn.Module:
+        m = reference_twin(base, cfg, w.spec) if kind == "ref" else Cnn2d(cfg, w.spec).to(dev)
+        m.load_state_dict(base.state_dict())
+        return m
+
+    def reference_loop(batch: int):
+        model = fresh("ref")
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+        rng = iter(range(10**9))
+        return lambda: reference_epoch(
+            model, loader(w, w.anchors["train"], shuffle=True, samples=n, seed=next(rng)), opt, dev
+        )
+
+    def gathered(kind: str, gather, fused: bool, batch: int = 64):
+        model = fresh(kind)
+        opt = make_optimizer(model, tc, dev) if fused else torch.optim.Adam(model.parameters(), lr=tc.lr)
+        return lambda: gathered_epoch(model, opt, w, order(), batch, gather)
+
+    def hpsearch_loop(batch: int = 64, model: nn.Module | None = None):
+        model = model or fresh("fast")
+        opt = make_optimizer(model, tc, dev)
+        loss_fn = nn.MSELoss()
+        return lambda: train_epoch(model, w, order(), opt, batch, loss_fn)
+
+    steps = {
+        "reference": reference_loop(64),
+        "gather": gathered("ref", gather_by_indexing, False),
+        "index_select": gathered("ref", WindowData.gather, False),
+        "fused": gathered("ref", WindowData.gather, True),
+        "hpsearch": hpsearch_loop(64),
+    }
+    conv1 = fresh("fast")
+    conv1.features[0] = Conv1AsMatmul(conv1.features[0])
+    steps["conv1_matmul"] = hpsearch_loop(64, conv1)
+    t = interleaved(steps, plan.reps, dev)
+    per = {k: n / v for k, v in t.items()}
+    s = "2 CNN train"
+    head = f"epoch of {n} windows, batch 64, data loading included ({b.threads} threads)"
+    b.add(
+        s,
+        f"hpsearch loop vs reference DataLoader loop: {head}",
+        f"{per['hpsearch']:,.0f} win/s",
+        f"{per['reference']:,.0f} win/s",
+        ratio(per["hpsearch"], per["reference"]),
+        ">= 2x",
+        per["hpsearch"] >= 2 * per["reference"],
+    )
+    chain = [
+        ("gather", "lever kept: batches gathered from the row index (no Dataset, no collate)", "reference"),
+        ("index_select", "lever kept: gather by index_select instead of advanced indexing", "gather"),
+        ("fused", "lever kept: fused Adam (one kernel for all parameters)", "index_select"),
+        ("hpsearch", "lever kept: channels-last after conv1, max-pool before ReLU", "fused"),
+        ("conv1_matmul", "lever NOT kept: conv1 as shifted copies @ (k*k, c1) matrix", "hpsearch"),
+    ]
+    for key, what, prev in chain:
+        b.add(s, what, f"{per[key]:,.0f} win/s", f"{per[prev]:,.0f} ({prev})", ratio(per[key], per[prev]))
+
+    # Threads: the same loop at this run's thread count against the other natural setting.
+    other = 1 if b.threads > 1 else (os.cpu_count() or 1)
+    if other != b.threads:
+        loop = hpsearch_loop(64)
+
+        def with_other():
+            torch.set_num_threads(other)
+            try:
+                loop()
+            finally:
+                torch.set_num_threads(b.threads)
+
+        t2 = interleaved({"this": loop, "other": with_other}, plan.reps, dev)
+        b.add(
+            s,
+            f"lever: torch intra-op threads {b.threads} (this run) vs {other}",
+            f"{n / t2['this']:,.0f} win/s",
+            f"{n / t2['other']:,.0f} ({other} threads)",
+            ratio(t2["other"], t2["this"]),
+        )
+
+    if plan.compile:
+        section_compile(b, fresh("fast"), hpsearch_loop, n)
+    else:
+        b.add(s, "lever: torch.compile", "not measured with --quick (tens of seconds of compilation)")
+
+    # GFLOP/s at batch 64 and 256 against float32 matmul.
+    flops = flops_per_window(fresh("ref"), w, 256)
+    big = interleaved(
+        {"hps": hpsearch_loop(256), "ref": gathered("ref", WindowData.gather, False, 256)}, plan.reps, dev
+    )
+    peak = matmul_gflops(dev, plan.reps)
+    for batch, seconds in ((64, t["hpsearch"]), (256, big["hps"])):
+        achieved = flops * n / seconds / 1e9
+        b.add(
+            s,
+            f"model GFLOP/s, batch {batch} (fwd+bwd, {flops / 1e6:.2f} MFLOP/window by FlopCounterMode)",
+            f"{achieved:.1f} GFLOP/s",
+            f"float32 matmul {peak:.1f} GFLOP/s",
+            f"{achieved / peak:.0%}",
+            ">= 40% at batch >= 256" if batch == 256 else "",
+            achieved >= 0.4 * peak if batch == 256 else None,
+        )
+    b.add(
+        s,
+        "batch 256: hpsearch loop vs layer-by-layer CNN, same gather and Adam",
+        f"{n / big['hps']:,.0f} win/s",
+        f"{n / big['ref']:,.0f} win/s",
+        ratio(big["ref"], big["hps"]),
+    )
+
+
+def section_compile(b: Bench, model: nn.Module, loop_for, n: int) -> None:
+    s = "2 CNN train"
+    try:
+        compiled = torch.compile(model)
+        t = time.perf_counter()
+        loop = loop_for(64, compiled)
+        loop()
+        first = time.perf_counter() - t
+        plain = loop_for(64)
+        t2 = interleaved({"compiled": loop, "plain": plain}, b.plan.reps, b.device)
+        b.add(
+            s,
+            f"lever NOT kept: torch.compile (first epoch with compilation {fmt_s(first)})",
+            f"{n / t2['compiled']:,.0f} win/s",
+            f"{n / t2['plain']:,.0f} (eager)",
+            ratio(t2["plain"], t2["compiled"]),
+        )
+    except Exception as exc:  # noqa: BLE001  (a compiler missing is a result here, not a failure)
+        b.add(s, "lever: torch.compile", f"unavailable: {type(exc).__name__}: {str(exc)[:60]}")
+
+
+# ---------------------------------------------------------------------------- 3: validation
+
+
+def section_validation(b: Bench, prep) -> None:
+    plan, dev = b.plan, b.device
+    cfg = prep.cfg
+    w = prep.windows
+    tc = dataclasses.replace(cfg.training, max_epochs=2, patience=10)
+    s = "3 validation"
+
+    def run_train(eval_batches: dict | None) -> list[float]:
+        old = train_module.EVAL_BATCH
+        if eval_batches is not None:
+            train_module.EVAL_BATCH = eval_batches
+        try:
+            torch.manual_seed(0)
+            model = build_model(cfg.model_family, cfg.model, w.spec)
+            history = train(model, w, tc, 0, prep.valid_anchors).history
+        finally:
+            train_module.EVAL_BATCH = old
+        return [e.valid_seconds / e.seconds for e in history]
+
+    shares: dict[str, list[float]] = {"now": [], "old": []}
+    for _ in range(max(1, plan.reps // 2)):
+        shares["now"] += run_train(None)
+        shares["old"] += run_train({})  # every device at 4096, the previous setting
+    torch.manual_seed(0)
+    ref = ReferenceCnn2d(cfg.model, w.spec).to(dev)
+    opt = torch.optim.Adam(ref.parameters(), lr=tc.lr)
+    n_train = tc.samples_per_epoch or len(w.anchors["train"])
+    t = interleaved(
+        {
+            "train": lambda: reference_epoch(ref, loader(w, w.anchors["train"], True, n_train), opt, dev),
+            "valid": lambda: reference_valid_loss(ref, loader(w, prep.valid_anchors, False), dev),
+        },
+        max(1, plan.reps // 2),
+        dev,
+    )
+    now, old = statistics.median(shares["now"]), statistics.median(shares["old"])
+    ref_share = t["valid"] / (t["train"] + t["valid"])
+    setting = f"{n_train} train + {len(prep.valid_anchors)} valid windows"
+    eb = train_module.eval_batch(dev)
+    b.add(
+        s,
+        f"validation share of an epoch ({setting}; inference_mode, batch {eb} on {dev.type})",
+        f"{now:.0%}",
+        f"reference loop (DataLoader 64, no_grad): {ref_share:.0%}",
+        "",
+        "<= 25%",
+        now <= 0.25,
+    )
+    b.add(
+        s,
+        "lever kept: inference batch 256 on CPU (was 4096: activations out of cache)",
+        f"{now:.0%}",
+        f"{old:.0%} at 4096",
+    )
+    n_all = len(w.anchors["valid"])
+    b.add(
+        s,
+        f"fixed validation subsample: {len(prep.valid_anchors)} of {n_all} validation windows, "
+        "the same for every trial",
+        f"{len(prep.valid_anchors) / n_all:.0%} of the pass",
+        f"all {n_all}",
+    )
+    section_ranking(b, prep)
+
+
+def section_ranking(b: Bench, prep) -> None:
+    """Does the subsample rank learning rates as all validation windows do?"""
+    plan, cfg, w = b.plan, prep.cfg, prep.windows
+    lrs = np.geomspace(1e-5, 1e-2, plan.rank_lrs)
+    tc = dataclasses.replace(cfg.training, max_epochs=plan.rank_epochs, patience=plan.rank_epochs)
+    sub, full = [], []
+    for k, lr in enumerate(lrs):
+        torch.manual_seed(k)
+        model = build_model(cfg.model_family, cfg.model, w.spec)
+        result = train(model, w, dataclasses.replace(tc, lr=float(lr)), k, prep.valid_anchors)
+        if result.best_state is None:  # diverged in its first epoch: nothing to rank
+            continue
+        model.load_state_dict(result.best_state)
+        sub.append(result.best_valid)
+        full.append(valid_losses(model, w, w.anchors["valid"])[0])
+    rho = spearman(np.array(sub), np.array(full))
+    same_best = int(np.argmin(sub)) == int(np.argmin(full))
+    b.add(
+        "3 validation",
+        f"ranking of {len(lrs)} lrs ({lrs[0]:.0e}..{lrs[-1]:.0e}, {plan.rank_epochs} epochs) "
+        "by the subsample vs by all windows",
+        f"Spearman {rho:.2f}",
+        "1.00 = same order",
+        "same best lr" if same_best else "best lr differs",
+        "",
+        None,
+    )
+
+
+def spearman(a: np.ndarray, c: np.ndarray) -> float:
+    ra, rc = np.argsort(np.argsort(a)), np.argsort(np.argsort(c))
+    return float(np.corrcoef(ra, rc)[0, 1])
+
+
+# ----------------------------------------------------------------- 4 + 5: time to an answer
+
+
+def run_study(
+    cfg: StudyConfig, folder: Path, device: torch.device, use_cache: bool
+) -> tuple[optuna.Study, float]:
+    t = time.perf_counter()
+    prep = prepare(cfg, device, use_cache=use_cache)
+    study, _ = open_study(cfg, f"sqlite:///{folder / (cfg.name + '.db')}", prep)
+    optimize(cfg, study, prep)
+    return study, time.perf_counter() - t
+
+
+def section_answer(b: Bench, prep_cfg: StudyConfig) -> None:
+    plan, dev = b.plan, b.device
+    cfg = prep_cfg
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="hpsearch-bench-study-") as tmp:
+        folder = Path(tmp)
+        sweep, sweep_s = run_study(cfg, folder, dev, use_cache=False)
+        trials = sorted(sweep.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
+        epochs = sum(int(t.user_attrs.get("epochs", 0)) for t in trials)
+        # Every trial to max_epochs: the same configurations in the same order (so the same seeds),
+        # no pruner, patience beyond max_epochs.
+        tc = cfg.training
+        full_cfg = dataclasses.replace(
+            cfg,
+            name=cfg.name + "_every_epoch",
+            pruner=Component("none"),
+            training=dataclasses.replace(tc, patience=tc.max_epochs + 1),
+            enqueue=tuple(dict(t.params) for t in trials),
+        )
+        full, full_s = run_study(full_cfg, folder, dev, use_cache=True)
+    full_trials = full.get_trials(deepcopy=False, states=FINISHED)
+    full_epochs = sum(int(t.user_attrs.get("epochs", 0)) for t in full_trials)
+
+    # The reference lab's way, measured on a few trial-epochs and scaled to every trial x max_epochs.
+    prep = prepare(cfg, dev)
+    w = prep.windows
+    n_train = tc.samples_per_epoch or len(w.anchors["train"])
+    per_epoch = []
+    for k in range(plan.reference_epochs):
+        torch.manual_seed(k)
+        ref = ReferenceCnn2d(cfg.model, w.spec).to(dev)
+        opt = torch.optim.Adam(ref.parameters(), lr=float(trials[k % len(trials)].params["lr"]))
+        per_epoch.append(
+            timed(
+                lambda ref=ref, opt=opt, k=k: (
+                    reference_epoch(ref, loader(w, w.anchors["train"], True, n_train, seed=k), opt, dev),
+                    reference_valid_loss(ref, loader(w, prep.valid_anchors, False), dev),
+                ),
+                dev,
+            )
+        )
+    prep_s = timed(lambda: prepare(cfg, dev, use_cache=False), dev)
+    ref_s = prep_s + statistics.median(per_epoch) * len(trials) * tc.max_epochs
+    best, best_full = sweep.best_params["lr"], full.best_params["lr"]
+    agree = max(best, best_full) / min(best, best_full)
+    s4 = "4 time to answer"
+    b.add(
+        s4,
+        f"{cfg.name}: {len(trials)} trials, <= {tc.max_epochs} epochs of {n_train} windows, "
+        "data prep included",
+        fmt_s(sweep_s),
+        f"reference way {fmt_s(ref_s)} (scaled from {plan.reference_epochs} trial-epochs x {len(trials)} x "
+        f"{tc.max_epochs} + prep {fmt_s(prep_s)})",
+        ratio(ref_s, sweep_s),
+        ">= 5x",
+        ref_s >= 5 * sweep_s,
+    )
+    b.add(
+        s4,
+        "best lr: search vs every trial to max_epochs (the reference's answer, same loop math)",
+        f"{best:.3g}",
+        f"{best_full:.3g}",
+        f"{agree:.2f}x apart",
+        "within 3x",
+        agree <= 3,
+    )
+    s5 = "5 search efficiency"
+    saved = 1 - epochs / full_epochs
+    b.add(
+        s5,
+        "epochs trained: early stopping + median pruning vs every trial to max_epochs (same trials, seeds)",
+        f"{epochs}",
+        f"{full_epochs} (in {fmt_s(full_s)})",
+        f"{saved:.0%} saved",
+        ">= 60% saved, same best lr",
+        saved >= 0.6 and agree <= 3,
+    )
+    b.add(
+        s5,
+        "best validation MSE: search vs every trial to max_epochs",
+        f"{sweep.best_value:.6g}",
+        f"{full.best_value:.6g}",
+        f"{sweep.best_value / full.best_value:.4f}",
+    )
+
+
+# ------------------------------------------------------------------------- 6: Transformer
+
+
+def section_transformer(b: Bench, plan: Plan) -> None:
+    dev = b.device
+    cfg = study_config(plan, dev, data={"output_window": 48})
+    prep = prepare(cfg, dev)
+    tc = cfg.training
+    n = plan.transformer_windows
+    gen = torch.Generator().manual_seed(0)
+    for W in (1, 48):
+        w = prep.windows.for_window(W)
+        torch.manual_seed(0)
+        fast = Transformer(TransformerConfig(), w.spec).to(dev)  # the family's defaults
+        ref = Transformer(TransformerConfig(), w.spec).to(dev)
+        ref.load_state_dict(fast.state_dict())
+        opt_fast = make_optimizer(fast, tc, dev)
+        opt_ref = torch.optim.Adam(ref.parameters(), lr=tc.lr)
+        anchors = torch.as_tensor(w.anchors["train"])
+        t = interleaved(
+            {
+                "hps": lambda w=w, fast=fast, opt_fast=opt_fast, anchors=anchors: train_epoch(
+                    fast,
+                    w,
+                    anchors[torch.randperm(len(anchors), generator=gen)[:n]].to(dev),
+                    opt_fast,
+                    64,
+                    nn.MSELoss(),
+                ),
+                "ref": lambda w=w, ref=ref, opt_ref=opt_ref: reference_epoch(
+                    ref, loader(w, w.anchors["train"], True, n), opt_ref, dev
+                ),
+            },
+            plan.reps,
+            dev,
+        )
+        b.add(
+            "6 Transformer",
+            f"W = {W}: hpsearch loop vs reference DataLoader loop, epoch of {n} windows, batch 64",
+            f"{n / t['hps']:,.0f} win/s",
+            f"{n / t['ref']:,.0f} win/s",
+            ratio(t["ref"], t["hps"]),
+        )
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="every section shrunk: under 2 minutes")
+    ap.add_argument("--data", default=None, help=f"S&P 500 folder for section 1 (default {DEFAULT_DATA})")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    ap.add_argument("--only", default="", help="comma-separated sections to run, e.g. 1,2 (default all)")
+    ap.add_argument("--json", default=None, help="also write the rows and the run's settings to this file")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--tickers", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        args.mode = args.child
+        child_prep(args)
+        return 0
+    torch.set_num_threads(args.threads)
+    plan = QUICK if args.quick else FULL
+    bench = Bench(plan, resolve_device(args.device), args.threads)
+    only = {s.strip() for s in args.only.split(",") if s.strip()} or {"1", "2", "3", "4", "5", "6"}
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    data_dir = Path(args.data).expanduser() if args.data else DEFAULT_DATA
+    if "1" in only:
+        section_prep(bench, data_dir)
+    cfg = study_config(plan, bench.device)
+    if only & {"2", "3"}:
+        prep = prepare(cfg, bench.device)
+        if "2" in only:
+            section_cnn(bench, prep)
+        if "3" in only:
+            section_validation(bench, prep)
+    if only & {"4", "5"}:
+        section_answer(bench, cfg)
+    if "6" in only:
+        section_transformer(bench, plan)
+    seconds, load1 = time.perf_counter() - t0, os.getloadavg()
+    print_table(bench, load0, load1, seconds, args.quick)
+    if args.json:
+        record = {
+            "quick": args.quick,
+            "device": str(bench.device),
+            "threads": bench.threads,
+            "torch": torch.__version__,
+            "load_average": [load0[0], load1[0]],
+            "seconds": seconds,
+            "notes": bench.notes,
+            "rows": [dataclasses.asdict(r) for r in bench.rows],
+        }
+        Path(args.json).write_text(json.dumps(record, indent=1))
+    return 0
+
+
+def print_table(b: Bench, load0, load1, seconds: float, quick: bool) -> None:
+    title = (
+        f"hpsearch speed ({'--quick: every section shrunk' if quick else 'full run'}) on {b.device} | "
+        f"torch {torch.__version__}, {b.threads} threads (torch.set_num_threads), {os.cpu_count()} CPUs | "
+        f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end | {fmt_s(seconds)}"
+    )
+    notes = [
+        "Medians of interleaved repetitions; ratios are of medians measured in this run. Sections 2-6 use "
+        "the lr_sweep study's data (the shipped 24-ticker sample) and settings"
+        + (", shrunk by --quick." if quick else "."),
+        *b.notes,
+    ]
+    table = Table(title=title, caption="\n".join(notes), show_lines=False)
+    for col in ("section", "measure", "hpsearch", "baseline", "ratio", "target", "met"):
+        table.add_column(col, overflow="fold")
+    last = None
+    for r in b.rows:
+        met = "" if r.met is None else ("yes" if r.met else "NO")
+        table.add_row(
+            r.section if r.section != last else "", r.what, r.ours, r.baseline, r.ratio, r.target, met
+        )
+        last = r.section
+    Console(width=220).print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
