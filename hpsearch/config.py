@@ -42,6 +42,10 @@ class DataConfig:
     ticker_encoding: str = "embedding"  # embedding: learned vector; column: id as a feature
     scaler: str = "per_ticker"  # per_ticker | standard (one scaler for all tickers)
     drop_zero_volume: bool = False  # zero-volume rows (e.g. before a listing) are kept by default
+    # Windows leave room for this many label steps (None: output_window). Set by hpsearch when a
+    # study searches output_window, so that a trial exported from it is rebuilt on the very
+    # windows and split the search scored it on.
+    max_output_window: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "horizon", "output_window"):
@@ -54,6 +58,11 @@ class DataConfig:
         if self.ticker_encoding not in TICKER_ENCODINGS:
             raise ValueError(
                 f"ticker_encoding must be one of {', '.join(TICKER_ENCODINGS)}, got '{self.ticker_encoding}'"
+            )
+        if self.max_output_window is not None and self.max_output_window < self.output_window:
+            raise ValueError(
+                f"max_output_window >= output_window must hold, got max_output_window="
+                f"{self.max_output_window} output_window={self.output_window}"
             )
         if self.price_features not in PRICE_FEATURES:
             raise ValueError(
@@ -188,7 +197,8 @@ class StudyConfig:
     @property
     def max_output_window(self) -> int:
         p = self.param("output_window")
-        return int(max(p.choices if p.choices else (p.high,))) if p else self.data.output_window
+        searched = int(max(p.choices if p.choices else (p.high,))) if p else 0
+        return max(self.data.output_window, self.data.max_output_window or 0, searched)
 
     @property
     def embargo(self) -> int:
@@ -216,6 +226,8 @@ class StudyConfig:
                 data_kw[key] = value
             else:
                 train_kw[key] = value
+        if self.max_output_window > self.data.output_window:
+            data_kw["max_output_window"] = self.max_output_window  # same windows as the search
         try:
             model = dataclasses.replace(base, **model_kw)
             return dataclasses.replace(
@@ -223,6 +235,7 @@ class StudyConfig:
                 model_family=family,
                 model=model,
                 data=dataclasses.replace(self.data, **data_kw),
+                split=dataclasses.replace(self.split, embargo=self.embargo),  # the search's split
                 training=dataclasses.replace(self.training, **train_kw),
                 search=(),
                 family_search={},
@@ -316,7 +329,8 @@ def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
     for fam in family_search:
         family_models.setdefault(fam, models.MODELS[fam].config())
     max_w = max(
-        [data.output_window] + [int(max(p.choices or (p.high,))) for p in search if p.name == "output_window"]
+        [data.output_window, data.max_output_window or 0]
+        + [int(max(p.choices or (p.high,))) for p in search if p.name == "output_window"]
     )
     if split.embargo is not None and split.embargo < data.horizon + max_w - 1:
         raise ConfigError(

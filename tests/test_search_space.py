@@ -121,6 +121,12 @@ def test_output_window_study_end_to_end(data_dir, tmp_path):
     best = study.best_trial
     assert run.model_family == best.params["family"]
     assert run.data.output_window == best.params["output_window"]
+    # Rebuilt on the search's split and windows, whatever the trial's W.
+    assert (
+        (run.embargo, run.max_output_window)
+        == (cfg.embargo, cfg.max_output_window)
+        == (cfg.data.horizon + 2, 3)
+    )
     assert run.training.lr == best.params["lr"]
 
 

@@ -82,7 +82,8 @@ def test_export_round_trip(tiny_cfg, tmp_path):
     run, extras = load_run_config(path)
     best = study.best_trial
     assert run.training.lr == best.params["lr"]
-    assert run.model == tiny_cfg.model and run.data == tiny_cfg.data and run.split == tiny_cfg.split
+    assert run.model == tiny_cfg.model and run.data == tiny_cfg.data
+    assert run.split == dataclasses.replace(tiny_cfg.split, embargo=tiny_cfg.embargo)  # pinned
     assert run.seed == best.user_attrs["seed"]
     assert run.search == ()
     assert extras["result"]["value"] == best.value and extras["result"]["trial"] == best.number
