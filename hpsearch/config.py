@@ -326,8 +326,9 @@ def from_dict(raw: Any, where: str, default_name: str = "study") -> StudyConfig:
     training = build(TrainConfig, raw.get("training") or {}, f"{where}: training")
 
     search, family_search = _search(raw.get("search") or {}, fam_name, family_models, where)
-    for fam in family_search:
-        family_models.setdefault(fam, models.MODELS[fam].config())
+    chosen = next((p for p in search if p.name == FAMILY), None)
+    for fam in [*family_search, *(chosen.choices if chosen else ())]:
+        family_models.setdefault(fam, models.MODELS[fam].config())  # its defaults, unless given
     max_w = max(
         [data.output_window, data.max_output_window or 0]
         + [int(max(p.choices or (p.high,))) for p in search if p.name == "output_window"]

@@ -7,6 +7,7 @@ from rich.console import Console
 from hpsearch.config import from_dict, load_study
 from hpsearch.errors import ConfigError
 from hpsearch.export import best_config, load_run_config, write_yaml
+from hpsearch.models import MODELS
 from hpsearch.runner import run_study
 from hpsearch.search import suggest_params
 from tests.conftest import tiny_study
@@ -52,6 +53,13 @@ def test_family_parameters_are_sampled_only_when_chosen():
             assert run.model.ff_dim == 16  # fixed values of a non-default family are kept
         study.tell(trial, 0.0)
     assert seen == {"cnn2d", "transformer"}
+
+
+def test_a_family_without_its_own_section_uses_its_defaults():
+    space = {"family": {"type": "categorical", "choices": ["cnn2d", "transformer"]}}
+    cfg = from_dict(tiny_study(None, search=space), "f.yaml")
+    run = cfg.with_params({"family": "transformer"})
+    assert run.model_family == "transformer" and run.model == MODELS["transformer"].config()
 
 
 def test_a_space_that_can_break_the_head_rule_is_refused():
