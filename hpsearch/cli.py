@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, device=args.device))
     _quiet_optuna()
     url = resolve_url(args.storage)
+    # SIGINT and SIGTERM (a scheduler's stop) both end the running trial as FAIL "interrupted".
+    # Installed explicitly: a shell script starting `hpsearch run ... &` leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run_study(cfg, url, console, n_trials=args.n_trials, workers=args.workers)
     except KeyboardInterrupt:
