@@ -362,7 +362,7 @@ def section_cnn(b: Bench, prep) -> None:
         return lambda: gathered_epoch(model, opt, w, order(), batch, gather)
 
     def hpsearch_loop(batch: int = 64, model: nn.Module | None = None):
-        model = model or fresh("fast")
+        model = model if model is not None else fresh("fast")
         opt = make_optimizer(model, tc, dev)
         loss_fn = nn.MSELoss()
         return lambda: train_epoch(model, w, order(), opt, batch, loss_fn)
