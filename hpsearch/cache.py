@@ -41,7 +41,7 @@ from hpsearch.data import Bars, LoadReport, find_files, load_bars, sample_dir
 from hpsearch.models.base import InputSpec
 from hpsearch.windows import SEGMENTS, Segment, WindowData, build_windows
 
-FORMAT = 1  # bump when the layout of an entry changes
+FORMAT = 2  # bump when the layout of an entry changes
 KEEP = 8  # entries kept; the least recently used beyond that are deleted
 ENV = "HPSEARCH_CACHE_DIR"
 OFF = ("off", "0", "false", "no", "none")
@@ -164,6 +164,7 @@ def write(path: Path, bars: Bars, w: WindowData) -> None:
         "train_label_mean": w.train_label_mean,
         "skipped": w.skipped,
         "anchor_window": w.anchor_window,
+        "pooled_scaler": w.pooled_scaler,
         "row_date_dtype": str(w.row_date.dtype),
     }
     entry = {
@@ -222,6 +223,7 @@ def read(path: Path) -> tuple[Bars, WindowData] | None:
             train_label_mean=meta["train_label_mean"],
             skipped=meta["skipped"],
             anchor_window=meta["anchor_window"],
+            pooled_scaler=meta["pooled_scaler"],
         )
     except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError):
         return None  # truncated, written by another torch, or of another layout: a miss, rewritten

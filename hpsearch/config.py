@@ -101,7 +101,7 @@ class TrainConfig:
     batch_size: int = 64
     max_epochs: int = 30
     samples_per_epoch: int = 0  # training windows drawn afresh each epoch; 0 = every window
-    valid_samples: int = 0  # fixed validation subsample (same for every trial); 0 = all
+    valid_samples: int = 0  # fixed sample of whole validation dates, >= this many windows; 0 = all
     patience: int = 5  # epochs without a new best validation loss before stopping
     min_delta: float = 0.0  # an improvement smaller than this does not count
     weight_decay: float = 0.0

@@ -61,9 +61,11 @@ def check_data(
     in_train = {windows.tickers[k] for k in set(ids[windows.anchors["train"]].tolist())}
     late = sorted(set(windows.tickers) - in_train)
     if late:
+        console.print(f"{len(late)} ticker(s) have no training windows (listed later): {_names(late)}")
+    if windows.pooled_scaler:
         console.print(
-            f"{len(late)} ticker(s) have no training windows (listed later; they use the pooled "
-            f"scaler): {_names(late)}"
+            f"{len(windows.pooled_scaler)} ticker(s) have fewer than seq_len = {data.seq_len} training rows "
+            f"and use the scaler fit on all tickers' training rows: {_names(windows.pooled_scaler)}"
         )
     console.print(
         f"[green]usable[/]: {len(bars.frames)} tickers, seq_len={data.seq_len} horizon={data.horizon} "

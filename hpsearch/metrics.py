@@ -20,7 +20,6 @@ import math
 import numpy as np
 import pandas as pd
 
-METRICS = ("mse", "mae", "ic", "rank_ic", "icir", "hit_rate", "pred_std")
 # Metrics that are undefined (NaN) for a forecast that is the same number on every row.
 UNDEFINED_FOR_CONSTANT = ("ic", "rank_ic", "icir")
 

@@ -64,7 +64,14 @@ def make_sampler(component: Any, seed: int) -> optuna.samplers.BaseSampler:
     kwargs = dict(component.options)
     if "seed" in inspect.signature(cls).parameters:
         kwargs["seed"] = seed
-    return cls(**kwargs)
+    if component.name == "tpe":
+        # Workers on one study (--workers, or machines sharing a storage) must not propose the
+        # same point at once: the running trials count as "lies". Optuna 5 defaults to it; 4.x
+        # did not. With one worker there is no other running trial, so nothing changes.
+        kwargs.setdefault("constant_liar", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(**kwargs)
 
 
 def make_pruner(component: Any) -> optuna.pruners.BasePruner:

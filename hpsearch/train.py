@@ -86,12 +86,17 @@ def seed_everything(seed: int) -> None:
 
 
 def valid_subset(data: WindowData, n: int, seed: int) -> np.ndarray:
-    """A fixed, sorted sample of validation anchors (all when n == 0 or n >= available)."""
+    """A fixed, sorted sample of at least n validation anchors (all when n == 0 or n >= available),
+    drawn as whole dates: every ticker's window of each chosen day. A sample of single rows would
+    leave two or three tickers per day, and the cross-sectional IC of such a day means nothing."""
     anchors = data.anchors["valid"]
     if n == 0 or n >= len(anchors):
         return anchors
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(anchors, size=n, replace=False))
+    days, per_day = np.unique(data.row_date[anchors], return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(days))
+    take = int(np.searchsorted(np.cumsum(per_day[order]), n)) + 1  # days until n windows are reached
+    chosen = np.isin(data.row_date[anchors], days[order[:take]])
+    return np.sort(anchors[chosen])
 
 
 @torch.inference_mode()

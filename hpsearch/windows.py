@@ -9,6 +9,8 @@ Time-series hygiene, in one place:
   ordered train < valid < test, separated by `embargo` trading days;
 - an anchor belongs to the segment of its date AND its last label day must fall before the next
   segment starts, so no training label overlaps validation even when a ticker skips days;
+- an anchor also lies within its own segment's dates, so a user's embargo wider than the minimum
+  leaves that many trading days with no anchor between segments;
 - scalers are fit on training-segment rows only.
 """
 
@@ -54,6 +56,7 @@ class WindowData:
     train_label_mean: float
     skipped: dict[str, str]  # ticker -> why it has no windows at all
     anchor_window: int  # the W anchors leave room for (>= spec.output_window)
+    pooled_scaler: list[str] = dataclasses.field(default_factory=list)  # tickers scaled by the pooled fit
 
     def for_window(self, output_window: int) -> WindowData:
         """The same rows and anchors with targets of another W (anchors were built for the
@@ -62,7 +65,14 @@ class WindowData:
             raise ValueError(f"output_window <= {self.anchor_window} must hold, got {output_window}")
         if output_window == self.spec.output_window:
             return self
-        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, output_window=output_window))
+        train = torch.as_tensor(self.anchors["train"], device=self.y.device)
+        ahead = torch.arange(output_window, device=train.device)  # (W,)
+        targets = self.y.index_select(0, (train[:, None] + ahead).reshape(-1))  # (A * W,)
+        return dataclasses.replace(
+            self,
+            spec=dataclasses.replace(self.spec, output_window=output_window),
+            train_label_mean=float(targets.double().mean()),  # the constant baseline of this W's targets
+        )
 
     def to(self, device: torch.device) -> WindowData:
         self.x, self.y, self.ticker = self.x.to(device), self.y.to(device), self.ticker.to(device)
@@ -125,7 +135,8 @@ def build_windows(
     calendar = np.unique(np.concatenate([f["date"].to_numpy() for f in bars.frames.values()]))  # sorted
     ranges = split_calendar(calendar, split, embargo)
     starts = [calendar[s] for s, _ in ranges]  # first date of each segment
-    train_last = calendar[ranges[0][1] - 1]
+    lasts = [calendar[e - 1] for _, e in ranges]  # last date of each segment
+    train_last = lasts[0]
 
     tickers = sorted(bars.frames)
     raw = {t: feature_matrix(bars.frames[t], data.price_features) for t in tickers}
@@ -135,15 +146,20 @@ def build_windows(
     xs, ys, ids, dates = [], [], [], []
     anchors: dict[str, list[np.ndarray]] = {s: [] for s in SEGMENTS}
     skipped: dict[str, str] = {}
+    pooled_scaler: list[str] = []
     offset = 0
     for k, t in enumerate(tickers):
         frame = bars.frames[t]
         n = len(frame)
-        if data.scaler == "per_ticker" and train_rows[t].sum() >= 2:
+        # A ticker's own scaler needs at least one window's length (seq_len) of training rows:
+        # mean and std of a few days (a ticker listed just before the split) are noise and would
+        # put its later rows far off scale; it then takes the scaler fit on all training rows.
+        if data.scaler == "per_ticker" and train_rows[t].sum() >= T:
             scaler = StandardScaler().fit(raw[t][train_rows[t]])
         else:
-            # A ticker listed after the training segment has no training rows of its own.
             scaler = pooled
+            if data.scaler == "per_ticker":
+                pooled_scaler.append(t)
         feats = scaler.transform(raw[t])
         if data.ticker_encoding == "column":
             feats = np.column_stack([feats, np.full(n, k / max(1, len(tickers) - 1))])
@@ -160,7 +176,7 @@ def build_windows(
         else:
             label_end = row_date[j + W - 1 + H]  # the last day any of this window's labels reads
             for s, name in enumerate(SEGMENTS):
-                in_seg = row_date[j] >= starts[s]
+                in_seg = (row_date[j] >= starts[s]) & (row_date[j] <= lasts[s])
                 if s + 1 < len(SEGMENTS):
                     in_seg &= (row_date[j] < starts[s + 1]) & (label_end < starts[s + 1])
                 anchors[name].append(offset + j[in_seg])
@@ -209,4 +225,5 @@ def build_windows(
         train_label_mean=float(np.mean(train_targets)),
         skipped=skipped,
         anchor_window=W,
+        pooled_scaler=pooled_scaler,
     )

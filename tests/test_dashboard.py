@@ -60,6 +60,13 @@ def test_watching_a_live_study_never_breaks_it(data_dir, tmp_path, caplog):
         poller = threading.Thread(target=poll)
         poller.start()
         try:
+            # Two halves, so that the poller sees the study at two sizes however loaded the
+            # machine is (trials of the tiny study last well under a second): run 2 trials, wait
+            # until the dashboard has served them, then resume to 4 while it goes on polling.
+            run_study(cfg, url, Console(quiet=True), n_trials=2)
+            deadline = time.monotonic() + 60
+            while not any(n == 2 for _, _, n, _ in seen) and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
             study = run_study(cfg, url, Console(quiet=True))
         finally:
             done.set()

@@ -131,3 +131,28 @@ def test_table_warns_when_the_best_trial_loses_to_a_constant(value, warned):
     text = console.export_text()
     assert ("does not beat a naive constant forecast" in text) is warned
     assert "predict train mean" in text
+
+
+def test_a_search_never_reads_the_test_segment(tmp_path):
+    """Wreck every row from the test segment on: a search over the same seeds scores the same."""
+    import numpy as np
+    import pandas as pd
+
+    from hpsearch.data import load_bars
+    from hpsearch.windows import build_windows
+    from tests.conftest import write_folder
+    from tests.test_windows import wreck_after
+
+    clean = write_folder(tmp_path / "clean", n_tickers=3, n_days=300)
+    wrecked = write_folder(tmp_path / "wrecked", n_tickers=3, n_days=300)
+    cfg = from_dict(tiny_study(clean), "t.yaml")
+    w = build_windows(load_bars(clean), cfg.data, cfg.split, cfg.data.min_embargo)
+    test_start = pd.Timestamp(w.segments["test"].first)
+    wreck_after(wrecked, test_start)
+    assert not np.allclose(pd.read_csv(clean / "T0.csv")["Close"], pd.read_csv(wrecked / "T0.csv")["Close"])
+    values = []
+    for folder in (clean, wrecked):
+        c = from_dict(tiny_study(folder), "t.yaml")
+        study = run_study(c, f"sqlite:///{tmp_path}/{folder.name}.db", quiet(), n_trials=3)
+        values.append([t.value for t in study.trials])
+    assert values[0] == values[1]

@@ -69,22 +69,65 @@ def test_windows_equal_a_naive_slice(data_dir):
         assert tk[i] == w.ticker[a - 15] == w.ticker[a + 2]  # a window never crosses tickers
 
 
+def test_an_embargo_wider_than_the_minimum_is_kept_free_of_anchors(data_dir):
+    # A user's safety margin: 30 trading days more than horizon + W - 1 between every two segments.
+    bars, data, base = build(data_dir)
+    embargo = data.min_embargo + 30
+    w = build_windows(bars, data, SplitConfig(), embargo)
+    calendar = np.unique(w.row_date)
+    pos = {s: np.searchsorted(calendar, w.row_date[w.anchors[s]]) for s in ("train", "valid", "test")}
+    assert pos["valid"].min() - pos["train"].max() - 1 >= embargo
+    assert pos["test"].min() - pos["valid"].max() - 1 >= embargo
+    # the wider gap is cut from the anchors' own segments, not filled by them
+    assert len(w.anchors["train"]) < len(base.anchors["train"])
+
+
+def wreck_after(folder, first_wrecked_date) -> None:
+    """Multiply prices by 7 and volumes by 100 on every row dated on or after the given date."""
+    for path in folder.glob("*.csv"):
+        frame = pd.read_csv(path)
+        late = pd.to_datetime(frame["Date"]) >= first_wrecked_date
+        frame.loc[late, ["Open", "High", "Low", "Close", "Adj Close"]] *= 7.0
+        frame.loc[late, "Volume"] *= 100
+        frame.to_csv(path, index=False)
+
+
 @pytest.mark.parametrize("scaler", ["per_ticker", "standard"])
 def test_scaler_is_fit_on_training_rows_only(tmp_path, scaler):
     folder = write_folder(tmp_path / "a", n_tickers=2, n_days=400)
     _, _, base = build(folder, scaler=scaler)
-    train_last = base.segments["valid"].first
-    # Wreck every row after the training segment: features of training rows must not move.
-    for path in folder.glob("*.csv"):
-        frame = pd.read_csv(path)
-        late = pd.to_datetime(frame["Date"]) >= train_last
-        frame.loc[late, ["Open", "High", "Low", "Close", "Adj Close"]] *= 7.0
-        frame.loc[late, "Volume"] *= 100
-        frame.to_csv(path, index=False)
+    train_last = np.datetime64(base.segments["train"].last)  # the training segment's last day
+    assert base.segments["valid"].first - base.segments["train"].last > pd.Timedelta(days=1)
+    # Wreck every row after the training segment, the embargo included: training rows must not move.
+    wreck_after(folder, pd.Timestamp(train_last) + pd.Timedelta(days=1))
     _, _, wrecked = build(folder, scaler=scaler)
-    train_rows = base.row_date < np.datetime64(train_last) - np.timedelta64(1, "D")
+    train_rows = base.row_date <= train_last
     np.testing.assert_allclose(wrecked.x.numpy()[train_rows], base.x.numpy()[train_rows], rtol=1e-6)
     assert not np.allclose(wrecked.x.numpy()[~train_rows], base.x.numpy()[~train_rows])
+
+
+def test_a_ticker_with_few_training_rows_takes_the_pooled_scaler(tmp_path):
+    # LATE starts 20 rows before the training segment ends: fewer than seq_len (16 + ...) rows.
+    folder = write_folder(tmp_path, n_tickers=2, n_days=400)
+    _, data, base = build(folder)
+    cut = pd.Timestamp(base.segments["train"].last) - pd.tseries.offsets.BDay(10)
+    late = make_frame(400, seed=5)
+    late[pd.to_datetime(late["Date"]) > cut].to_csv(folder / "LATE.csv", index=False)
+    _, _, w = build(folder)
+    assert w.pooled_scaler == ["LATE"]
+    _, _, pooled = build(folder, scaler="standard")
+    k = w.tickers.index("LATE")
+    rows = w.ticker.numpy() == k
+    np.testing.assert_allclose(w.x.numpy()[rows], pooled.x.numpy()[rows], rtol=1e-6)
+
+
+def test_the_train_mean_baseline_follows_the_output_window(data_dir):
+    bars, data, w = build(data_dir, output_window=1)
+    wide = build_windows(bars, data, SplitConfig(), data.min_embargo + 7, anchor_window=8)
+    for width in (1, 8):
+        sub = wide.for_window(width)
+        targets = sub.y.numpy()[sub.anchors["train"][:, None] + np.arange(width)]
+        assert sub.train_label_mean == pytest.approx(float(targets.mean()), rel=1e-6)
 
 
 def test_scaled_training_features_are_standardized(data_dir):
