@@ -91,8 +91,17 @@ def prepare(cfg: StudyConfig, device: torch.device, use_cache: bool = True) -> P
     valid = valid_subset(windows, cfg.training.valid_samples, cfg.seed)
     y = windows.y.cpu().numpy()
     p = cfg.param("output_window")
-    widths = sorted({d.output_window, *(int(w) for w in (p.choices if p and p.choices else ()))})
-    by_window = {w: baselines(y[valid[:, None] + np.arange(w)], windows.train_label_mean) for w in widths}
+    if p is None:
+        searched: tuple[int, ...] = ()
+    elif p.choices:
+        searched = tuple(int(w) for w in p.choices)
+    else:  # an int range: every W it can draw
+        searched = tuple(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
+    widths = sorted({d.output_window, *searched})
+    # Each W's constants on the same validation windows; the train mean of that W's own targets.
+    by_window = {
+        w: baselines(y[valid[:, None] + np.arange(w)], windows.for_window(w).train_label_mean) for w in widths
+    }
     return Prepared(cfg, bars, windows, valid, by_window[d.output_window], by_window)
 
 

@@ -159,3 +159,24 @@ def test_enqueue_values_are_checked_against_the_space():
     raw["enqueue"] = [{"family": "rnn"}]
     with pytest.raises(ConfigError, match=r"enqueue\[0\]\.family: 'rnn' is not one of"):
         from_dict(raw, "f.yaml")
+
+
+def test_every_output_window_of_an_int_range_has_its_own_baselines(data_dir):
+    import numpy as np
+    import torch
+
+    from hpsearch.runner import prepare
+
+    space = {**FAMILY_SPACE, "output_window": {"type": "int", "low": 1, "high": 3}}
+    raw = family_study(data_dir)
+    raw["search"] = space
+    cfg = from_dict(raw, "f.yaml")
+    prep = prepare(cfg, torch.device("cpu"), use_cache=False)
+    assert sorted(prep.baselines_by_window) == [1, 2, 3]
+    y = prep.windows.y.numpy()
+    train = prep.windows.anchors["train"]
+    for w, base in prep.baselines_by_window.items():
+        true = y[prep.valid_anchors[:, None] + np.arange(w)]
+        train_mean = y[train[:, None] + np.arange(w)].mean()
+        assert base["train_mean"] == pytest.approx(float(((true - train_mean) ** 2).mean()), rel=1e-5)
+        assert base["zero"] == pytest.approx(float((true**2).mean()), rel=1e-5)
