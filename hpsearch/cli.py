@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -13,8 +14,12 @@ from rich.table import Table
 
 from hpsearch.errors import HpsearchError, mask_url
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped or redirected output (`hpsearch report > notes.txt`, a scheduler's log) has no terminal
+# width; rich would then assume 80 columns and cut the tables' numbers to "0.00…". A terminal, or
+# COLUMNS, still sets the width.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 
 def _quiet_optuna() -> None:

@@ -41,7 +41,7 @@ def threads_per_worker(workers: int) -> int:
 def worker_main(cfg: StudyConfig, storage_url: str, index: int, threads: int) -> None:
     """One worker: its own data, storage connection and seeded sampler, until the study is full."""
     from hpsearch.runner import optimize, prepare
-    from hpsearch.search import make_pruner, make_sampler
+    from hpsearch.search import make_pruner, make_sampler, pruning_cells
     from hpsearch.storage import open_storage
     from hpsearch.train import resolve_device
 
@@ -56,7 +56,7 @@ def worker_main(cfg: StudyConfig, storage_url: str, index: int, threads: int) ->
         study_name=cfg.name,
         storage=storage,
         sampler=make_sampler(cfg.sampler, cfg.seed + started + WORKER_SEED_STRIDE * (index + 1)),
-        pruner=make_pruner(cfg.pruner),
+        pruner=make_pruner(cfg.pruner, pruning_cells(cfg)),
     )
 
     def line(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

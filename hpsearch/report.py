@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpsearch import study_plots
-from hpsearch.progress import fmt_params
+from hpsearch.progress import baselines_of, fmt_params
 from hpsearch.tables import fmt, markdown
 
 # The columns the reference lab's hand-written table had, in its order (c1, c2 only where present).
@@ -44,6 +44,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "valid_loss": curve,
                 "seconds": (end - start).total_seconds() if end and start else None,
                 "train_seconds": a.get("train_seconds"),
+                "step1": a.get("valid_step1_mse"),
             }
         )
     return rows
@@ -85,13 +86,15 @@ def trials_grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
 
 
 def comparison_grid(
-    rows: list[dict[str, Any]], config: dict[str, Any], baselines: dict[str, float] | None
+    rows: list[dict[str, Any]], config: dict[str, Any], baselines: dict[str, dict[str, float]]
 ) -> tuple[list[str], list[list[str]]]:
-    """The reference lab's table, one row per finished trial, best first, baselines below."""
+    """The reference lab's table, one row per finished trial, best first, baselines below (per W,
+    `baselines` maps "W" -> {"zero": mse, "train_mean": mse}); with several W a step-1 column."""
     finished = sorted((r for r in rows if r["best_valid"] is not None), key=lambda r: r["best_valid"])
     model_cols = [c for c in MODEL_COLUMNS if any(setting(r, config, c) is not None for r in finished)]
+    several = len(baselines) > 1
     header = ["trial", "family", *model_cols, "lr", "label scale", "output window"]
-    header += ["best valid MSE", "stop", "training s"]
+    header += ["best valid MSE", *(["step-1 MSE"] if several else []), "stop", "training s"]
     out = []
     for r in finished:
         best = fmt(r["best_valid"], 6) + ("" if r["state"] == "COMPLETE" else f" ({r['state'].lower()})")
@@ -100,15 +103,55 @@ def comparison_grid(
         cells += [fmt(setting(r, config, k)) for k in ("lr", "label_scale", "output_window")]
         cells += [
             best,
+            *([fmt(r["step1"], 6) if r["step1"] is not None else "-"] if several else []),
             r["stop_reason"],
             f"{r['train_seconds']:.1f}" if r["train_seconds"] is not None else "-",
         ]
         out.append(cells)
-    for name, value in (baselines or {}).items():
+    for w, base in sorted(baselines.items(), key=lambda kv: int(kv[0])):
+        for name, value in base.items():
+            label = f"predict {name.replace('_', ' ')}" + (f" (W={w})" if several else "")
+            tail = [fmt(value, 6), *([fmt(base_step1(baselines, name), 6)] if several else []), "", ""]
+            out.append([label, "(naive baseline)"] + [""] * (len(header) - 2 - len(tail)) + tail)
+    return header, out
+
+
+def base_step1(baselines: dict[str, dict[str, float]], name: str) -> float | None:
+    """A baseline's step-1 MSE: the W = 1 baseline, scored on the same first labels."""
+    return (baselines.get("1") or {}).get(name)
+
+
+def cells_grid(
+    rows: list[dict[str, Any]], config: dict[str, Any], baselines: dict[str, dict[str, float]]
+) -> tuple[list[str], list[list[str]]] | None:
+    """One row per (family, output window) the study tried, when it searched either: the question
+    "which family, which W?" answered on step-1 MSE, the one metric on the same labels for every W."""
+    searched = set(config.get("search") or {})
+    if not searched & {"family", "output_window"}:
+        return None
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        w = setting(r, config, "output_window")
+        cells.setdefault((str(setting(r, config, "family")), int(w) if w is not None else 1), []).append(r)
+    header = ["family", "W", "trials (complete/pruned/other)", "best valid MSE (all W steps)"]
+    header += ["predict zero (same W)", "best step-1 MSE", "predict zero step 1", "trial seconds"]
+    out = []
+    for (family, w), group in sorted(cells.items()):
+        done = [r for r in group if r["value"] is not None]
+        n_pruned = sum(r["state"] == "PRUNED" for r in group)
+        step1 = [r["step1"] for r in done if r["step1"] is not None]
+        seconds = sum(r["seconds"] or 0.0 for r in group)
         out.append(
-            [f"predict {name.replace('_', ' ')}", "(naive baseline)"]
-            + [""] * (len(header) - 5)
-            + [fmt(value, 6), "", ""]
+            [
+                family,
+                str(w),
+                f"{len(group)} ({len(done)}/{n_pruned}/{len(group) - len(done) - n_pruned})",
+                fmt(min(r["value"] for r in done), 6) if done else "-",
+                fmt((baselines.get(str(w)) or {}).get("zero"), 6),
+                fmt(min(step1), 6) if step1 else "-",
+                fmt(base_step1(baselines, "zero"), 6),
+                f"{seconds:.0f}",
+            ]
         )
     return header, out
 
@@ -153,7 +196,10 @@ def _plot_param(config: dict[str, Any], rows: list[dict[str, Any]], wanted: str)
 def build_report(study: optuna.Study, out: Path, console: Console, param: str = "lr") -> Path:
     attrs = study.user_attrs
     config = attrs.get("config") or {}
-    baselines = attrs.get("baselines_valid_mse")
+    by_window = baselines_of(study)  # "W" -> baselines at that W
+    baselines = by_window.get(str(config.get("data", {}).get("output_window", 1))) or attrs.get(
+        "baselines_valid_mse"
+    )
     rows = trial_rows(study)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -171,14 +217,17 @@ def build_report(study: optuna.Study, out: Path, console: Console, param: str = 
         ),
     }
     trials = trials_grid(rows)
-    comparison = comparison_grid(rows, config, baselines)
+    comparison = comparison_grid(rows, config, by_window)
+    cells = cells_grid(rows, config, by_window)
     imp, imp_note = importances(study)
 
     console.print(rich_table(f"study '{name}': {len(rows)} trials", *trials))
     console.print(rich_table("comparison (best validation MSE first)", *comparison))
+    if cells:
+        console.print(rich_table("by family and output window (compare W on step-1 MSE)", *cells))
     console.print(f"parameter importances: {fmt_params(imp) or '-'} ({imp_note})")
 
-    text = report_markdown(study, rows, trials, comparison, imp, imp_note, figures, out)
+    text = report_markdown(study, rows, trials, comparison, cells, imp, imp_note, figures, out)
     path = out / "report.md"
     path.write_text(text)
     console.print(f"wrote {path} and {len(figures)} plots in {out}/")
@@ -190,6 +239,7 @@ def report_markdown(
     rows: list[dict[str, Any]],
     trials: tuple[list[str], list[list[str]]],
     comparison: tuple[list[str], list[list[str]]],
+    cells: tuple[list[str], list[list[str]]] | None,
     imp: dict[str, float],
     imp_note: str,
     figures: dict[str, Path],
@@ -212,17 +262,30 @@ def report_markdown(
         "",
     ]
     if best:
-        base = attrs.get("baselines_valid_mse") or {}
+        w = setting(best, config, "output_window")
+        base = baselines_of(study).get(str(w if w is not None else 1)) or {}
         lines += [
             f"**Best: trial {best['number']}, validation MSE {fmt(best['value'], 6)}** "
             f"({fmt_params(best['params'])}, epoch {best['best_epoch']}/{best['epochs']}, "
-            f"{best['stop_reason']}). Baselines on the same windows: "
+            f"{best['stop_reason']}). Baselines on the same windows at W={w if w is not None else 1}: "
             + ", ".join(f"predict {k.replace('_', ' ')} {fmt(v, 6)}" for k, v in base.items())
             + f". Retrain and test it: `hpsearch export --study {study.study_name}` then "
             f"`hpsearch train --config runs/{study.study_name}/best.yaml`.",
             "",
         ]
     lines += ["## Comparison", "", markdown(*comparison), ""]
+    if cells:
+        lines += [
+            "## By family and output window",
+            "",
+            "The value of a W = 48 trial is its MSE over 48 label days, not the same targets as W = 1's "
+            "(see the baselines at each W); step-1 MSE is scored on the same first label of the same "
+            "windows for every W, and is the column to compare W on. Pruning compares a trial only "
+            "with trials of its own W.",
+            "",
+            markdown(*cells),
+            "",
+        ]
     lines += ["## Parameter importances", "", imp_note + ".", ""]
     if imp:
         lines += [markdown(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]), ""]

@@ -26,7 +26,7 @@ from hpsearch.errors import ConfigError, mask_url
 from hpsearch.metrics import baselines
 from hpsearch.objective import Objective, Surplus
 from hpsearch.progress import SearchProgress, best_trials_table
-from hpsearch.search import make_pruner, make_sampler
+from hpsearch.search import make_pruner, make_sampler, pruning_cells
 from hpsearch.storage import open_storage, sqlite_path
 from hpsearch.study_note import StudyNote
 from hpsearch.train import resolve_device, valid_subset
@@ -159,7 +159,7 @@ def open_study(
         study_name=cfg.name,
         storage=storage,
         sampler=make_sampler(cfg.sampler, cfg.seed + started),
-        pruner=make_pruner(cfg.pruner),
+        pruner=make_pruner(cfg.pruner, pruning_cells(cfg)),
         direction="minimize",
         load_if_exists=True,
     )

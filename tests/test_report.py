@@ -10,7 +10,7 @@ from rich.console import Console
 
 from hpsearch.cli import main
 from hpsearch.config import from_dict
-from hpsearch.report import build_report, comparison_grid, importances, setting, trial_rows
+from hpsearch.report import build_report, cells_grid, comparison_grid, importances, setting, trial_rows
 from hpsearch.runner import run_study
 from tests.conftest import tiny_study
 
@@ -68,7 +68,9 @@ def test_rows_tell_the_endings_apart(synthetic):
 
 def test_comparison_is_best_first_with_baselines(synthetic):
     config = synthetic.user_attrs["config"]
-    header, rows = comparison_grid(trial_rows(synthetic), config, synthetic.user_attrs["baselines_valid_mse"])
+    header, rows = comparison_grid(
+        trial_rows(synthetic), config, {"1": synthetic.user_attrs["baselines_valid_mse"]}
+    )
     assert header[:7] == ["trial", "family", "c1", "c2", "lr", "label scale", "output window"]
     assert [r[0] for r in rows] == ["0", "1", "2", "predict zero", "predict train mean"]
     assert rows[0][2:4] == ["2", "4"]  # the study's fixed channels
@@ -134,3 +136,46 @@ def test_report_of_a_real_study_from_the_cli(data_dir, tmp_path, monkeypatch, ca
     assert (out / "learning_curves.png").stat().st_size > 10_000
     assert main(["report", "--study", "nope", "--storage", url]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_several_output_windows_get_their_baselines_and_a_cell_table():
+    cfg = from_dict(tiny_study(None), "x").to_dict()
+    cfg["search"]["output_window"] = {"type": "categorical", "choices": [1, 48]}
+    dist = {"lr": LR, "output_window": optuna.distributions.CategoricalDistribution([1, 48])}
+    by_window = {"1": {"zero": 0.0101, "train_mean": 0.0102}, "48": {"zero": 0.0086, "train_mean": 0.0084}}
+    rows = []
+    for n, (w, value, step1) in enumerate(((1, 0.0099, 0.0099), (48, 0.0083, 0.0097), (48, 0.0085, 0.0098))):
+        rows.append(
+            {
+                "number": n,
+                "state": "COMPLETE",
+                "value": value,
+                "best_valid": value,
+                "best_epoch": 1,
+                "epochs": 2,
+                "stop_reason": "early_stop",
+                "params": {"lr": 1e-3, "output_window": w},
+                "valid_loss": [value],
+                "seconds": 10.0,
+                "train_seconds": 9.0,
+                "step1": step1,
+            }
+        )
+    assert set(dist) == set(rows[0]["params"])
+    header, grid = comparison_grid(rows, cfg, by_window)
+    assert "step-1 MSE" in header
+    labels = [r[0] for r in grid]
+    assert labels[3:] == [
+        "predict zero (W=1)",
+        "predict train mean (W=1)",
+        "predict zero (W=48)",
+        "predict train mean (W=48)",
+    ]
+    assert all(len(r) == len(header) for r in grid)
+    header, cells = cells_grid(rows, cfg, by_window)
+    assert [c[:2] for c in cells] == [["cnn2d", "1"], ["cnn2d", "48"]]
+    w48 = dict(zip(header, cells[1], strict=True))
+    assert w48["best valid MSE (all W steps)"] == "0.0083" and w48["predict zero (same W)"] == "0.0086"
+    assert w48["best step-1 MSE"] == "0.0097" and w48["predict zero step 1"] == "0.0101"
+    assert w48["trials (complete/pruned/other)"] == "2 (2/0/0)" and w48["trial seconds"] == "20"
+    assert cells_grid(rows, from_dict(tiny_study(None), "x").to_dict(), by_window) is None  # nothing searched

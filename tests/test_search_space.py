@@ -180,3 +180,39 @@ def test_every_output_window_of_an_int_range_has_its_own_baselines(data_dir):
         train_mean = y[train[:, None] + np.arange(w)].mean()
         assert base["train_mean"] == pytest.approx(float(((true - train_mean) ** 2).mean()), rel=1e-5)
         assert base["zero"] == pytest.approx(float((true**2).mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["median", "percentile", "wilcoxon"])
+def test_pruning_compares_a_trial_only_with_trials_of_its_own_output_window(name):
+    """W = 48's all-step MSE sits on other targets than W = 1's: a W = 1 trial as good as the
+    other W = 1 trials must not be pruned because W = 48 trials score lower."""
+    from hpsearch.config import Component
+    from hpsearch.search import WithinCellPruner, make_pruner
+
+    dist = {"output_window": optuna.distributions.CategoricalDistribution([1, 48])}
+    options = {
+        "median": {"n_startup_trials": 1},
+        "percentile": {"percentile": 50.0, "n_startup_trials": 1},
+    }.get(name, {})
+    component = Component(name, options)
+    for within, pruned in (((), True), (("output_window",), False)):
+        pruner = make_pruner(component, within)
+        assert isinstance(pruner, WithinCellPruner) == bool(within)
+        study = optuna.create_study(pruner=pruner)
+        for w, level in ((48, 0.008), (48, 0.0081), (1, 0.0101), (1, 0.0102)):
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"output_window": w},
+                    distributions=dist,
+                    value=level,
+                    intermediate_values={step: level + 0.001 / (step + 1) for step in range(3)},
+                )
+            )
+        study.enqueue_trial({"output_window": 1})
+        trial = study.ask()
+        trial.suggest_categorical("output_window", [1, 48])
+        for step in range(3):
+            trial.report(0.0101 + 0.001 / (step + 1), step)  # as good as the W = 1 trials so far
+        if name == "wilcoxon":
+            continue  # needs paired steps of the best trial; it must only not fail on the view
+        assert trial.should_prune() == pruned, (name, within)
