@@ -7,6 +7,7 @@ loaded, so a run that fails early leaves the storage exactly as it was.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -52,17 +53,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         # Drop connections the server closed (restarts, idle timeouts) instead of failing a trial.
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
-            # Heartbeats have carried the "experimental" label since Optuna 2.8; they are what
-            # recovers trials whose worker was killed, so we use them on purpose.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=3 * HEARTBEAT_SECONDS,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
+        storage = _rdb_storage(url, engine_kwargs)
         if path is not None:
             # WAL lets readers (the dashboard, other workers) proceed while one worker writes; the
             # mode is stored in the file, so setting it once is enough. Writers wait up to the
@@ -73,6 +64,39 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {mask_url(url)}: {mask_url(first)}") from None
+
+
+# Messages of a schema that another process created at the same moment (two workers, or a run and
+# a dashboard, opening a new storage at once): SQLite says "table ... already exists" or "UNIQUE
+# constraint failed: alembic_version..." (both seen with 6 processes), PostgreSQL "duplicate key
+# value violates unique constraint" on its catalog, or "already exists".
+_SCHEMA_RACE = ("already exists", "duplicate key value", "UNIQUE constraint failed: alembic_version")
+_SCHEMA_ATTEMPTS = 3
+
+
+def _rdb_storage(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
+    """RDBStorage, tried again when its schema creation lost a race with another process: Optuna
+    creates the tables with check-then-create, which is not atomic across processes."""
+    for attempt in range(_SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats have carried the "experimental" label since Optuna 2.8; they are what
+                # recovers trials whose worker was killed, so we use them on purpose.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=3 * HEARTBEAT_SECONDS,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=1
+                    ),
+                )
+        except SQLAlchemyError as exc:
+            if attempt + 1 == _SCHEMA_ATTEMPTS or not any(m in str(exc) for m in _SCHEMA_RACE):
+                raise
+            time.sleep(0.2 * (attempt + 1))  # the other process finishes the schema meanwhile
+    raise AssertionError("unreachable")
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -154,3 +154,48 @@ def test_ctrl_c_marks_the_trial_interrupted_and_rerun_resumes(tmp_path, data_dir
     assert proc.returncode == 0, err
     study = optuna.load_study(study_name="slow", storage=url)
     assert len([t for t in study.trials if t.state in FINISHED]) == 2
+
+
+def test_a_schema_created_by_another_process_at_once_is_not_an_error(tmp_path, monkeypatch):
+    """Optuna creates a new storage's tables check-then-create; the loser of that race sees
+    'table studies already exists' and must open the storage the winner made."""
+    import sqlalchemy.exc
+
+    from hpsearch import storage as storage_module
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:
+            real(url, **kw)  # the other process wins the race ...
+            raise sqlalchemy.exc.OperationalError(
+                "CREATE TABLE studies", {}, Exception("table studies already exists")
+            )
+        return real(url, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    opened = storage_module.open_storage(f"sqlite:///{tmp_path}/new.db")
+    assert len(calls) == 2 and storage_module.study_names(opened) == []
+
+
+def test_processes_opening_a_new_storage_together_all_succeed(tmp_path):
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    go = tmp_path / "go"
+    code = (
+        "import os, time, sys\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
+        "from hpsearch.storage import open_storage\n"
+        f"open_storage({url!r})\n"
+    )
+    # Import everything first, then release all processes at once at the schema creation.
+    warm = "import optuna, sqlalchemy, hpsearch.storage\n"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", warm + code], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    time.sleep(3)
+    go.touch()
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
