@@ -17,17 +17,9 @@ import time
 import optuna
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from hpsearch.config import StudyConfig
-from hpsearch.progress import fmt_params
+from hpsearch.progress import fmt_params, trial_progress
 
 POLL_SECONDS = 1.0
 WORKER_SEED_STRIDE = 10_007  # distinct sampler streams per worker, still reproducible
@@ -93,15 +85,7 @@ def run_workers(cfg: StudyConfig, storage_url: str, workers: int, console: Conso
     for p in procs:
         p.start()
     study = optuna.load_study(study_name=cfg.name, storage=open_storage(storage_url))
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+    progress = trial_progress(console)
     try:
         with progress:
             task = progress.add_task(

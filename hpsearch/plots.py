@@ -44,6 +44,12 @@ def baseline_lines(ax, baselines: dict[str, float] | None) -> None:
         ax.axhline(value, color=color, ls=style, lw=1, label=f"predict {name.replace('_', ' ')}")
 
 
+def integer_axis(ax, label: str) -> None:
+    """An x axis of whole numbers (epochs, trial numbers)."""
+    ax.set_xlabel(label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def loss_curves(
     train_loss: list[float],
     valid_loss: list[float],
@@ -61,8 +67,7 @@ def loss_curves(
     if best_epoch:
         ax.axvline(best_epoch, color="tab:green", lw=1, label=f"best epoch {best_epoch} (weights kept)")
     baseline_lines(ax, baselines)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_axis(ax, "epoch")
     ax.set_ylabel("MSE")
     ax.set_title(title)
     ax.legend(fontsize=8)

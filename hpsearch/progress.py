@@ -23,22 +23,26 @@ def fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+def trial_progress(console: Console) -> Progress:
+    """The bar every run shows: description, bar, i/N, elapsed, eta (one worker or several)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
 class SearchProgress:
     """Trial i of N with an ETA, and the current trial's epoch, current and best valid loss."""
 
     def __init__(self, console: Console, n_total: int, n_done: int, max_epochs: int) -> None:
         self.console = console
         self.max_epochs = max_epochs
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self.progress = trial_progress(console)
         self.trials = self.progress.add_task("trials", total=n_total, completed=n_done)
         self.epochs = self.progress.add_task("epoch", total=max_epochs)
         self.best: float | None = None

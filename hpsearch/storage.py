@@ -77,26 +77,28 @@ _SCHEMA_ATTEMPTS = 3
 def _rdb_storage(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
     """RDBStorage, tried again when its schema creation lost a race with another process: Optuna
     creates the tables with check-then-create, which is not atomic across processes."""
-    for attempt in range(_SCHEMA_ATTEMPTS):
+    for attempt in range(1, _SCHEMA_ATTEMPTS):
         try:
-            with warnings.catch_warnings():
-                # Heartbeats have carried the "experimental" label since Optuna 2.8; they are what
-                # recovers trials whose worker was killed, so we use them on purpose.
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_SECONDS,
-                    grace_period=3 * HEARTBEAT_SECONDS,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=1
-                    ),
-                )
+            return _new_rdb_storage(url, engine_kwargs)
         except SQLAlchemyError as exc:
-            if attempt + 1 == _SCHEMA_ATTEMPTS or not any(m in str(exc) for m in _SCHEMA_RACE):
+            if not any(m in str(exc) for m in _SCHEMA_RACE):
                 raise
-            time.sleep(0.2 * (attempt + 1))  # the other process finishes the schema meanwhile
-    raise AssertionError("unreachable")
+            time.sleep(0.2 * attempt)  # the other process finishes the schema meanwhile
+    return _new_rdb_storage(url, engine_kwargs)  # the last attempt: its error is the caller's
+
+
+def _new_rdb_storage(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        # Heartbeats have carried the "experimental" label since Optuna 2.8; they are what
+        # recovers trials whose worker was killed, so we use them on purpose.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=3 * HEARTBEAT_SECONDS,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
-from hpsearch.plots import baseline_lines, new_figure, save
+from hpsearch.plots import baseline_lines, integer_axis, new_figure, save
 
 # stop reason -> (colour, line style, label)
 STOP_STYLE = {
@@ -29,35 +28,32 @@ def _style(row: dict[str, Any]) -> tuple[str, str, str]:
     return STOP_STYLE.get(row["stop_reason"], OTHER_STYLE)
 
 
+def _trial_point(ax, row: dict[str, Any], x: Any, seen: set[str]) -> None:
+    """One trial's best validation MSE at x: coloured by how it stopped, x when not COMPLETE;
+    each stop kind labelled once for the legend."""
+    color, _, label = _style(row)
+    marker = "o" if row["state"] == "COMPLETE" else "x"
+    ax.scatter(x, row["best_valid"], color=color, marker=marker, s=28, label=None if label in seen else label)
+    seen.add(label)
+
+
 def optimization_history(
     rows: list[dict[str, Any]], baselines: dict[str, float] | None, path: Path, title: str
 ) -> Path:
     """Each trial's best validation MSE in trial order, the best so far, and the baselines."""
     fig = new_figure()
     ax = fig.add_subplot()
-    seen = set()
+    seen: set[str] = set()
     for r in rows:
-        if r["best_valid"] is None:
-            continue
-        color, _, label = _style(r)
-        marker = "o" if r["state"] == "COMPLETE" else "x"
-        ax.scatter(
-            r["number"],
-            r["best_valid"],
-            color=color,
-            marker=marker,
-            s=28,
-            label=None if label in seen else label,
-        )
-        seen.add(label)
+        if r["best_valid"] is not None:
+            _trial_point(ax, r, r["number"], seen)
     done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
     if done:
         best = np.minimum.accumulate([r["value"] for r in done])
         ax.step([r["number"] for r in done], best, where="post", color="black", lw=1.2, label="best so far")
     baseline_lines(ax, baselines)
     auto_log(ax, [r["best_valid"] for r in rows] + list((baselines or {}).values()))
-    ax.set_xlabel("trial")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_axis(ax, "trial")
     ax.set_ylabel("best validation MSE of the trial")
     ax.set_title(title)
     ax.legend(fontsize=8)
@@ -74,24 +70,14 @@ def param_vs_value(
     """One searched parameter against each trial's best validation MSE (pruned ones marked x)."""
     fig = new_figure()
     ax = fig.add_subplot()
-    seen = set()
+    seen: set[str] = set()
     values = []
     for r in rows:
         x = r["params"].get(param)
         if x is None or r["best_valid"] is None:
             continue
         values.append(x)
-        color, _, label = _style(r)
-        marker = "o" if r["state"] == "COMPLETE" else "x"
-        ax.scatter(
-            x if not isinstance(x, str) else str(x),
-            r["best_valid"],
-            color=color,
-            marker=marker,
-            s=28,
-            label=None if label in seen else label,
-        )
-        seen.add(label)
+        _trial_point(ax, r, x, seen)
     if log and values and all(isinstance(v, (int, float)) and v > 0 for v in values):
         ax.set_xscale("log")
     baseline_lines(ax, baselines)
@@ -122,8 +108,7 @@ def _curves(ax, rows: list[dict[str, Any]], legend: bool) -> None:
         seen.add(label)
         if r["best_epoch"]:
             ax.plot(r["best_epoch"], curve[r["best_epoch"] - 1], "o", ms=3, color=color)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_axis(ax, "epoch")
 
 
 def learning_curves(
