@@ -38,6 +38,12 @@ class ReferenceCnn2d(Cnn2d):
             nn.MaxPool2d((2, 1)),
         )
 
+    def forward(self, x: torch.Tensor, ticker: torch.Tensor) -> torch.Tensor:
+        z = self.features(x.unsqueeze(1)).flatten(1)  # (B, 1, T, F) -> (B, c2 * T/4 * F)
+        if self.embedding is not None:
+            z = torch.cat([z, self.embedding(ticker)], dim=1)
+        return self.head(z)
+
 
 class WindowDataset(Dataset):
     """Window i: rows anchors[i] - T + 1 .. anchors[i] of the (N, F) features, its W labels, its ticker."""

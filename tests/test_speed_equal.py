@@ -13,7 +13,7 @@ from torch.utils.data import default_collate
 
 from hpsearch.config import TrainConfig
 from hpsearch.models import InputSpec, build_model
-from hpsearch.models.cnn2d import Cnn2d, Cnn2dConfig
+from hpsearch.models.cnn2d import Cnn2d, Cnn2dConfig, OneChannelConv2d
 from hpsearch.reference import ReferenceCnn2d, WindowDataset, loader
 from hpsearch.runner import prepare
 from hpsearch.train import eval_batch, make_optimizer, predict, resolve_device
@@ -37,6 +37,7 @@ def twins(cfg: Cnn2dConfig, spec: InputSpec, device: str) -> tuple[Cnn2d, Refere
         (Cnn2dConfig(), 97, 6, True, 48),  # odd T: the pools drop the last step, as MaxPool2d
         (Cnn2dConfig(c1=4, c2=32, kernel_size=5, hidden=0), 30, 7, False, 3),
         (Cnn2dConfig(c1=1, c2=1, kernel_size=1, hidden=16), 8, 1, True, 1),
+        (Cnn2dConfig(c1=3, c2=5, kernel_size=5, dropout=0.0), 12, 2, True, 2),  # kernel wider than F
     ],
 )
 def test_cnn_equals_the_reference_layers_forward_and_backward(device, cfg, T, F, embedding, W):
@@ -55,6 +56,24 @@ def test_cnn_equals_the_reference_layers_forward_and_backward(device, cfg, T, F,
     fast.eval(), ref.eval()
     with torch.inference_mode():
         torch.testing.assert_close(fast(x, ticker), ref(x, ticker), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("c1", "k", "T", "F"), [(8, 3, 96, 6), (4, 5, 30, 7), (2, 3, 5, 1), (3, 7, 9, 2), (1, 1, 4, 3)])
+def test_one_channel_conv_equals_conv2d(device, c1, k, T, F):
+    torch.manual_seed(0)
+    fast = OneChannelConv2d(c1, k, F).to(device)
+    conv = torch.nn.Conv2d(1, c1, k, padding=k // 2).to(device)
+    conv.load_state_dict(fast.state_dict())
+    x = torch.randn(9, 1, T, F, device=device)
+    out_fast, out_ref = fast(x), conv(x)
+    assert out_fast.shape == out_ref.shape == (9, c1, T, F)
+    assert out_fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(out_ref)
+    out_fast.backward(g), out_ref.backward(g)
+    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.bias.grad, conv.bias.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_pool_ties_and_non_positive_values_route_the_gradient_like_the_reference():

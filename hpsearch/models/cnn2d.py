@@ -31,46 +31,63 @@ class Cnn2dConfig:
             raise ValueError(f"0 <= dropout < 1 must hold, got dropout={self.dropout}")
 
 
-class ChannelsLastOnCpu(nn.Module):
-    """Hand the rest of the network channels-last activations on CPU.
+class OneChannelConv2d(nn.Conv2d):
+    """`nn.Conv2d(1, c1, k, padding=k // 2)` over the (T, F) window, computed as one matrix product.
 
-    Measured on 2 CPU cores (oneDNN, batch 64): the second convolution's backward pass is about
-    2x faster and MaxPool2d about 5x faster in channels-last layout, while the first convolution
-    (one input channel) is faster in the default layout, so the switch sits between them. On other
-    devices the layout is left as it is. A layout changes no value.
+    Why not the library's convolution: with one input channel oneDNN runs this layer at a few
+    GFLOP/s (its weight gradient slower still) and writes the default layout, which the rest of
+    the network then copies to channels-last, forward and backward. Here each time step's k rows
+    of the window, (k * F) values, multiply a banded (k * F, F * c1) matrix built from the same
+    (c1, 1, k, k) weight: band[i, g, f, c] = weight[c, 0, i, g - f + k // 2] where that tap
+    exists, else 0 (the zero padding of the feature edges). The product is (B * T, F * c1), which
+    is the channels-last memory of (B, c1, T, F), so nothing is copied after it. It multiplies
+    F / k times more terms, the added ones by exact zeros: the outputs equal the convolution's
+    (tests/test_speed_equal.py checks outputs and gradients). Parameters and state_dict keys are
+    nn.Conv2d's.
     """
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.device.type != "cpu":
-            return z
-        return z.contiguous(memory_format=torch.channels_last)  # (B, C, T, F), strides of (B, T, F, C)
-
-
-class PoolReLU(nn.Module):
-    """MaxPool2d((2, 1)) then ReLU: the reference's ReLU-then-pool, on half the elements.
-
-    relu(max(a, b)) == max(relu(a), relu(b)) for every a, b, and the gradient reaches the same
-    element (ties go to the earlier time step either way; where both are <= 0 it is 0 either way).
-    """
+    def __init__(self, out_channels: int, kernel_size: int, n_features: int) -> None:
+        super().__init__(1, out_channels, kernel_size, padding=kernel_size // 2)
+        k, p = kernel_size, kernel_size // 2
+        taps = torch.zeros(k, n_features, n_features)  # (j, g, f): input feature g = f + j - p
+        for j in range(k):
+            for f in range(n_features):
+                if 0 <= f + j - p < n_features:
+                    taps[j, f + j - p, f] = 1.0
+        self.register_buffer("taps", taps, persistent=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = nn.functional.max_pool2d(z, (2, 1))  # (B, C, T, F) -> (B, C, T // 2, F): halve time
-        return torch.relu_(z)  # in place: the pool's backward needs its input and indices, not this
+        B, _, T, F = z.shape  # (B, 1, T, F)
+        k, p = self.kernel_size[0], self.padding[0]
+        c = self.out_channels
+        band = torch.einsum("cij,jgf->igfc", self.weight[:, 0], self.taps).reshape(k * F, F * c)
+        rows = nn.functional.pad(z[:, 0], (0, 0, p, p))  # (B, T + 2p, F): zero rows before and after
+        rows = rows.unfold(1, k, 1).transpose(2, 3).reshape(B * T, k * F)  # (B, T, F, k) -> (B*T, k*F)
+        out = torch.addmm(self.bias.repeat(F), rows, band)  # (B * T, F * c1)
+        return out.view(B, T, F, c).permute(0, 3, 1, 2)  # (B, c1, T, F) in channels-last memory
 
 
 class Cnn2d(nn.Module):
     def __init__(self, cfg: Cnn2dConfig, spec: InputSpec) -> None:
         super().__init__()
         pad = cfg.kernel_size // 2
-        # The reference's Conv2d, ReLU, MaxPool2d((2, 1)) twice, reordered for speed with the same
-        # values (tests/test_speed_equal.py checks outputs and gradients against it). The convs keep
-        # indices 0 and 3, so state_dicts (`features.0.weight`, ...) are the reference's.
+        # The reference's Conv2d, ReLU, MaxPool2d((2, 1)) twice, computed faster with the same values
+        # (tests/test_speed_equal.py checks outputs and gradients against hpsearch.reference):
+        # - the first conv is one matrix product that writes channels-last activations (see
+        #   OneChannelConv2d); the pools and the second conv then run in that layout, where oneDNN
+        #   is fastest on CPU (measured: the second conv's backward ~2x, MaxPool2d ~5x);
+        # - each max-pool comes before its ReLU, which then touches half the elements: relu(max(a,
+        #   b)) == max(relu(a), relu(b)), and the gradient reaches the same element (ties go to the
+        #   earlier time step either way; where both are <= 0 it is 0 either way). The ReLU works
+        #   in place: the pool's backward needs its input and indices, not its output.
+        # The convs keep indices 0 and 3, so state_dicts (`features.0.weight`, ...) are the reference's.
         self.features = nn.Sequential(
-            nn.Conv2d(1, cfg.c1, cfg.kernel_size, padding=pad),
-            ChannelsLastOnCpu(),
-            PoolReLU(),  # halve time, keep features
+            OneChannelConv2d(cfg.c1, cfg.kernel_size, spec.n_features),
+            nn.MaxPool2d((2, 1)),  # halve time, keep features
+            nn.ReLU(inplace=True),
             nn.Conv2d(cfg.c1, cfg.c2, cfg.kernel_size, padding=pad),
-            PoolReLU(),
+            nn.MaxPool2d((2, 1)),
+            nn.ReLU(inplace=True),
         )
         flat = cfg.c2 * (spec.seq_len // 4) * spec.n_features
         self.embedding = nn.Embedding(spec.n_tickers, cfg.ticker_dim) if spec.ticker_embedding else None
@@ -84,7 +101,20 @@ class Cnn2d(nn.Module):
 
     def forward(self, x: torch.Tensor, ticker: torch.Tensor) -> torch.Tensor:
         z = self.features(x.unsqueeze(1))  # (B, T, F) -> (B, 1, T, F) -> (B, c2, T/4, F)
-        z = z.flatten(1)  # (B, c2, T/4, F) -> (B, c2 * T/4 * F), in this order whatever the layout
+        B, c2, T4, F = z.shape
+        # Flattened in (T/4, F, c2) order, a view of the channels-last memory; the reference
+        # flattens in (c2, T/4, F) order, so the first head layer reads its weight's columns in
+        # that order instead (a 32 x 2,300 reshuffle, not a copy of every window's activations,
+        # and the gradient then reaches the pool in its own layout). Same products, same sums. A
+        # dropout before it masks the same distribution of elements, not the same elements.
+        z = z.permute(0, 2, 3, 1).reshape(B, -1)  # (B, T/4 * F * c2)
         if self.embedding is not None:
             z = torch.cat([z, self.embedding(ticker)], dim=1)  # (B, flat + ticker_dim)
-        return self.head(z)  # (B, W)
+        dropout, first, *rest = self.head
+        w = first.weight  # (out, c2 * T/4 * F [+ ticker_dim]): columns in the reference's order
+        flat = c2 * T4 * F
+        w_time_major = w[:, :flat].reshape(-1, c2, T4, F).permute(0, 2, 3, 1).reshape(-1, flat)
+        z = nn.functional.linear(dropout(z), torch.cat([w_time_major, w[:, flat:]], dim=1), first.bias)
+        for layer in rest:
+            z = layer(z)
+        return z  # (B, W)
