@@ -59,7 +59,9 @@ def test_cnn_equals_the_reference_layers_forward_and_backward(device, cfg, T, F,
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("c1", "k", "T", "F"), [(8, 3, 96, 6), (4, 5, 30, 7), (2, 3, 5, 1), (3, 7, 9, 2), (1, 1, 4, 3)])
+@pytest.mark.parametrize(
+    ("c1", "k", "T", "F"), [(8, 3, 96, 6), (4, 5, 30, 7), (2, 3, 5, 1), (3, 7, 9, 2), (1, 1, 4, 3)]
+)
 def test_one_channel_conv_equals_conv2d(device, c1, k, T, F):
     torch.manual_seed(0)
     fast = OneChannelConv2d(c1, k, F).to(device)
