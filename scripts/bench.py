@@ -756,7 +756,7 @@ def section_answer(b: Bench, prep_cfg: StudyConfig) -> None:
             par_study, par_s = run_parallel(
                 dataclasses.replace(cfg, name=cfg.name + "_workers"), folder, dev, workers
             )
-            par = (par_s, par_study.best_params["lr"])
+            par = (par_s, par_study.best_params["lr"], par_study.best_value)
 
     # The reference lab's way, measured on a few trial-epochs and scaled to every trial x max_epochs:
     # a DataLoader epoch of the same training budget, then a validation pass over the whole
@@ -814,8 +814,8 @@ def section_answer(b: Bench, prep_cfg: StudyConfig) -> None:
         b.add(
             s4,
             f"the same study with --workers {workers} (cores divided among workers; its own TPE streams)",
-            f"{fmt_s(par[0])}, best lr {par[1]:.3g}",
-            f"reference way {fmt_s(ref_s)}, best lr {best_full:.3g}",
+            f"{fmt_s(par[0])}, best lr {par[1]:.3g} (valid MSE {par[2]:.6g})",
+            f"reference way {fmt_s(ref_s)}, best lr {best_full:.3g} (valid MSE {full_value:.6g})",
             ratio(ref_s, par[0]),
             ">= 5x, lr within 3x",
             ref_s >= 5 * par[0] and par_agree <= 3,

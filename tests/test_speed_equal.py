@@ -58,6 +58,20 @@ def test_cnn_equals_the_reference_layers_forward_and_backward(device, cfg, T, F,
         torch.testing.assert_close(fast(x, ticker), ref(x, ticker), rtol=1e-5, atol=1e-6)
 
 
+def test_with_dropout_the_cnn_equals_the_reference_in_eval_and_draws_masks_in_training():
+    spec = InputSpec(seq_len=16, n_features=6, output_window=2, n_tickers=4, ticker_embedding=True)
+    fast, ref = twins(Cnn2dConfig(dropout=0.5), spec, "cpu")
+    x, ticker = torch.randn(64, 16, 6), torch.randint(0, 4, (64,))
+    fast.eval(), ref.eval()
+    torch.testing.assert_close(fast(x, ticker), ref(x, ticker), rtol=1e-5, atol=1e-6)
+    fast.train()
+    torch.manual_seed(1)
+    a = fast(x, ticker)
+    torch.manual_seed(2)
+    b = fast(x, ticker)
+    assert a.shape == (64, 2) and torch.isfinite(a).all() and not torch.equal(a, b)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("c1", "k", "T", "F"), [(8, 3, 96, 6), (4, 5, 30, 7), (2, 3, 5, 1), (3, 7, 9, 2), (1, 1, 4, 3)]
