@@ -56,6 +56,16 @@ class Objective:
             trial.set_user_attr("stop_reason", "surplus")
             trial.study.stop()
             raise Surplus(f"trial {trial.number} is beyond the study's {self.cfg.n_trials} trials")
+        history: list[EpochResult] = []
+        try:
+            return self._run(trial, history)
+        except KeyboardInterrupt:
+            # In training or after it (predictions, pictures): the trial ends FAIL and a rerun
+            # retries it, so it must not keep the stop reason of a run that finished.
+            self._record(trial, history, "interrupted")
+            raise
+
+    def _run(self, trial: optuna.Trial, history: list[EpochResult]) -> float:
         params = suggest_params(trial, self.cfg)
         run = self.cfg.with_params(params)
         seed = self.cfg.seed + trial.number  # each trial its own initialisation, recorded
@@ -63,7 +73,6 @@ class Objective:
         seed_everything(seed)
         data = self.data.for_window(run.data.output_window)
         model = build_model(run.model_family, run.model, data.spec)
-        history: list[EpochResult] = []
 
         def report(ep: EpochResult) -> None:
             history.append(ep)
@@ -78,9 +87,6 @@ class Objective:
         except optuna.TrialPruned:
             self._record(trial, history, "pruned")
             self._artifacts(trial, history, data, "pruned")
-            raise
-        except KeyboardInterrupt:
-            self._record(trial, history, "interrupted")
             raise
         self._record(trial, history, result.stop_reason, seconds=result.seconds)
         if result.stop_reason == "diverged" or not math.isfinite(result.best_valid):

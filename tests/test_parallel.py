@@ -84,7 +84,7 @@ def slow_study(tmp_path, data_dir, n_trials=2):
         data_dir,
         name="slow",
         n_trials=n_trials,
-        training={"max_epochs": 25, "patience": 25, "samples_per_epoch": 256, "valid_samples": 128},
+        training={"max_epochs": 60, "patience": 60, "samples_per_epoch": 256, "valid_samples": 128},
     )
     path = tmp_path / "slow.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -66,3 +66,21 @@ def test_diverging_trial_is_pruned_not_nan(prepared):
     with pytest.raises(optuna.TrialPruned):
         objective(trial)
     assert trial.user_attrs["stop_reason"] == "diverged"
+
+
+class _InterruptedWhileDrawing:
+    """Artifacts whose drawing is where Ctrl-C lands: after training, before the trial returns."""
+
+    def finished(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_after_training_marks_the_trial_interrupted(prepared):
+    objective = Objective(
+        prepared.cfg, prepared.windows, prepared.valid_anchors, artifacts=_InterruptedWhileDrawing()
+    )
+    trial = optuna.trial.FixedTrial({"lr": 1e-3})
+    with pytest.raises(KeyboardInterrupt):
+        objective(trial)
+    assert trial.user_attrs["stop_reason"] == "interrupted"
+    assert trial.user_attrs["epochs"] >= 1  # the epochs it trained are kept
