@@ -37,14 +37,14 @@ class OneChannelConv2d(nn.Conv2d):
     Why not the library's convolution: with one input channel oneDNN runs this layer far below
     matmul speed (measured on 2 cores at batch 256: ~25 GFLOP/s forward against ~150 for a large
     float32 matmul) and writes the default layout, which the rest of the network then copies to
-    channels-last, forward and backward. Here each time step's k rows
-    of the window, (k * F) values, multiply a banded (k * F, F * c1) matrix built from the same
-    (c1, 1, k, k) weight: band[i, g, f, c] = weight[c, 0, i, g - f + k // 2] where that tap
-    exists, else 0 (the zero padding of the feature edges). The product is (B * T, F * c1), which
-    is the channels-last memory of (B, c1, T, F), so nothing is copied after it. Each output sums
-    k * F products instead of k * k; the extra ones are by exact zeros (with F < k there are
-    fewer: the padding's), so the outputs equal the convolution's (tests/test_speed_equal.py
-    checks outputs and gradients). Parameters and state_dict keys are nn.Conv2d's.
+    channels-last, forward and backward. Here each time step's k rows of the window, (k * F)
+    values, multiply a banded (k * F, F * c1) matrix built from the same (c1, 1, k, k) weight:
+    band[i, g, f, c] = weight[c, 0, i, g - f + k // 2] where that tap exists, else 0 (the zero
+    padding of the feature edges). The product is (B * T, F * c1), which is the channels-last
+    memory of (B, c1, T, F), so nothing is copied after it, on any device. Each output sums k * F
+    products instead of k * k; the extra ones are by exact zeros (with F < k there are fewer: the
+    padding's), so the outputs equal the convolution's (tests/test_speed_equal.py checks outputs
+    and gradients). Parameters and state_dict keys are nn.Conv2d's.
     """
 
     def __init__(self, out_channels: int, kernel_size: int, n_features: int) -> None:
