@@ -154,6 +154,15 @@ class Param:
         if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
             raise ValueError(f"int needs whole low and high, got low={self.low} high={self.high}")
 
+    def values(self) -> tuple[Any, ...] | None:
+        """Every value a trial can draw: the choices, or each whole number of an int range (its
+        step apart); None for a float range."""
+        if self.type == "categorical":
+            return self.choices
+        if self.type == "int":
+            return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        return None
+
 
 @dataclass(frozen=True)
 class Component:
@@ -468,15 +477,8 @@ def _param(name: str, spec: Any, here: str) -> Param:
 def _probe_values(p: Param) -> tuple:
     """Categorical choices; every value of a short int range (e.g. odd-only kernel sizes); the
     ends of anything else."""
-    if p.type == "categorical":
-        return p.choices
-    if p.type == "int" and p.high - p.low <= 64:
-        step = int(p.step or 1)
-        return (
-            tuple(range(int(p.low), int(p.high) + 1, step))
-            if not p.log
-            else tuple(range(int(p.low), int(p.high) + 1))
-        )
+    if p.type == "categorical" or (p.type == "int" and p.high - p.low <= 64):
+        return p.values()
     return (p.low, p.high)
 
 

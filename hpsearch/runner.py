@@ -11,7 +11,6 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import optuna
 import sklearn
 import torch
@@ -89,18 +88,13 @@ def prepare(cfg: StudyConfig, device: torch.device, use_cache: bool = True) -> P
     # The same validation windows for every trial (seeded by the study, not the trial), so that
     # trial values are comparable.
     valid = valid_subset(windows, cfg.training.valid_samples, cfg.seed)
-    y = windows.y.cpu().numpy()
     p = cfg.param("output_window")
-    if p is None:
-        searched: tuple[int, ...] = ()
-    elif p.choices:
-        searched = tuple(int(w) for w in p.choices)
-    else:  # an int range: every W it can draw
-        searched = tuple(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
-    widths = sorted({d.output_window, *searched})
+    widths = sorted({d.output_window, *(int(w) for w in (p.values() if p else ()))})  # every W drawable
+    valid_t = torch.as_tensor(valid, device=windows.y.device)
     # Each W's constants on the same validation windows; the train mean of that W's own targets.
     by_window = {
-        w: baselines(y[valid[:, None] + np.arange(w)], windows.for_window(w).train_label_mean) for w in widths
+        w: baselines(windows.targets(valid_t, w).cpu().numpy(), windows.for_window(w).train_label_mean)
+        for w in widths
     }
     return Prepared(cfg, bars, windows, valid, by_window[d.output_window], by_window)
 

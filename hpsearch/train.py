@@ -45,12 +45,13 @@ def keep_freed_memory() -> bool:
 
     torch's CPU allocator has no cache of its own: every activation of a training step or an
     inference batch is a fresh malloc of up to a few MiB. By default glibc serves blocks that size
-    with mmap, or trims them off the heap once freed, so the next batch's tensors land on new pages
-    that the kernel must fault in and zero (measured with scripts/bench.py: 40-59 k page faults
-    in a 4,117-window validation pass at batch 256, 0-360 with this). PyTorch's CPU tuning guide answers
-    this with jemalloc or tcmalloc through LD_PRELOAD; two mallopt calls do the same in-process,
-    with no dependency. Blocks of up to 32 MiB come from the heap, which keeps up to 512 MiB of
-    free memory instead of returning it. Once per process; False (nothing done) off glibc.
+    with mmap, or trims them off the heap once freed, so the next batch's tensors land on new
+    pages that the kernel must fault in and zero (measured with scripts/bench.py: 40-59 k page
+    faults in a 4,117-window validation pass at batch 256, 0-360 with this). PyTorch's CPU tuning
+    guide answers this with jemalloc or tcmalloc through LD_PRELOAD; two mallopt calls do the same
+    in-process, with no dependency. Blocks of up to 32 MiB come from the heap, which keeps up to
+    512 MiB of free memory instead of returning it. Once per process; False (nothing done) off
+    glibc.
     """
     global _malloc_tuned
     if _malloc_tuned is None:
