@@ -27,7 +27,7 @@ from hpsearch.config import StudyConfig
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.export import RUN_KEYS, load_run_config, write_yaml
 from hpsearch.metrics import UNDEFINED_FOR_CONSTANT, compare_to_baselines, ic_by_date
-from hpsearch.models import build_model
+from hpsearch.models import build_model, cpu_kernels
 from hpsearch.runner import Prepared, describe_data, prepare, versions
 from hpsearch.tables import metrics_markdown, metrics_table
 from hpsearch.train import EpochResult, TrainResult, predict, resolve_device, seed_everything, train
@@ -251,6 +251,7 @@ def provenance_doc(
         "seed": cfg.seed,
         "valid_subset_seed": study_seed(cfg, extras),
         "device": str(dev),
+        "cpu_kernels": cpu_kernels.status(),  # whether the CNN ran hpsearch's fused CPU kernels
         "data_fingerprint": {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"},
         "data_files_sha256": prep.bars.fingerprint["file_sha256"],
         "segments": {

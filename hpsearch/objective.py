@@ -18,7 +18,7 @@ import optuna
 
 from hpsearch.artifacts import Forecast, TrialArtifacts, best_predictions, valid_ic
 from hpsearch.config import StudyConfig
-from hpsearch.models import build_model
+from hpsearch.models import build_model, cpu_kernels
 from hpsearch.search import suggest_params
 from hpsearch.train import EpochResult, seed_everything, train
 from hpsearch.windows import WindowData
@@ -89,6 +89,8 @@ class Objective:
             self._artifacts(trial, history, data, "pruned")
             raise
         self._record(trial, history, result.stop_reason, seconds=result.seconds)
+        if run.model_family == "cnn2d" and data.x.device.type == "cpu":
+            trial.set_user_attr("cpu_kernels", cpu_kernels.status())  # fused kernels or torch's modules
         if result.stop_reason == "diverged" or not math.isfinite(result.best_valid):
             # Never hand Optuna a NaN: a diverged run is pruned, its parameters and reason kept.
             self._artifacts(trial, history, data, result.stop_reason)

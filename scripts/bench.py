@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hpsearch import train as train_module
 from hpsearch.config import Component, StudyConfig, load_study
 from hpsearch.data import find_files, ticker_from_name
-from hpsearch.models import build_model
+from hpsearch.models import build_model, cpu_kernels
 from hpsearch.models.cnn2d import Cnn2d
 from hpsearch.models.transformer import Transformer, TransformerConfig
 from hpsearch.reference import ReferenceCnn2d, loader, reference_epoch, reference_valid_loss
@@ -149,6 +149,24 @@ def interleaved(
         for name in names:
             times[name].append(timed(variants[name], device))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def kernels_off(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn with hpsearch's fused CPU kernels switched off: the CNN runs torch's modules, as on a
+    machine where the kernels cannot be built."""
+
+    def run():
+        old = os.environ.get(cpu_kernels.ENV)
+        os.environ[cpu_kernels.ENV] = "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ[cpu_kernels.ENV]
+            else:
+                os.environ[cpu_kernels.ENV] = old
+
+    return run
 
 
 def fmt_s(seconds: float) -> str:
@@ -470,6 +488,7 @@ def section_cnn(b: Bench, prep) -> None:
         "index_select": gathered("ref", WindowData.gather, False),
         "fused": gathered("ref", WindowData.gather, True),
         "layout": hpsearch_loop(64, fresh("layout")),
+        "modules": kernels_off(hpsearch_loop(64)),
         "hpsearch": hpsearch_loop(64),
     }
     conv1 = fresh("layout")
@@ -494,10 +513,16 @@ def section_cnn(b: Bench, prep) -> None:
         ("fused", "lever kept: fused Adam (one kernel for all parameters)", "index_select"),
         ("layout", "lever kept: channels-last after conv1, max-pool before ReLU", "fused"),
         (
-            "hpsearch",
+            "modules",
             "lever kept: conv1 as one banded (k*F, F*c1) matmul writing channels-last; head reads "
-            "channels-last (no flatten copy)",
+            "channels-last (no flatten copy) [the path where the fused kernels cannot be built]",
             "layout",
+        ),
+        (
+            "hpsearch",
+            "lever kept: fused CPU kernels (C++, built on first use): conv1+max-pool+ReLU and "
+            "max-pool+ReLU, one pass each way; head reads the reference's order",
+            "modules",
         ),
         ("conv1_matmul", "lever NOT kept: conv1 as k*k shifted copies @ (k*k, c1) matrix", "layout"),
     ]
@@ -568,7 +593,8 @@ def section_compile(b: Bench, model: nn.Module, loop_for, n: int) -> None:
         t2 = interleaved({"compiled": loop, "plain": plain}, b.plan.reps, b.device)
         b.add(
             s,
-            f"lever NOT kept: torch.compile (first epoch with compilation {fmt_s(first)})",
+            f"lever NOT kept: torch.compile of the modules path (the fused kernels have no meta "
+            f"functions), first epoch with compilation {fmt_s(first)}",
             f"{n / t2['compiled']:,.0f} win/s",
             f"{n / t2['plain']:,.0f} (eager)",
             ratio(t2["plain"], t2["compiled"]),
@@ -919,6 +945,10 @@ def main(argv: list[str] | None = None) -> int:
         # hpsearch's training sets this at its first train(); set here, before any section, so that
         # every in-process figure (hpsearch's and the reference's alike) runs with the same allocator.
         train_module.keep_freed_memory()
+        # Built (or loaded from the cache) now, not inside the first timed epoch.
+        bench.notes.append(
+            f"CNN CPU kernels: {'fused' if cpu_kernels.ops() is not None else cpu_kernels.status()}"
+        )
     only = {s.strip() for s in args.only.split(",") if s.strip()} or {"1", "2", "3", "4", "5", "6"}
     load0 = os.getloadavg()
     t0 = time.perf_counter()

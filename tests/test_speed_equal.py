@@ -12,13 +12,22 @@ import torch
 from torch.utils.data import default_collate
 
 from hpsearch.config import TrainConfig
-from hpsearch.models import InputSpec, build_model
+from hpsearch.models import InputSpec, build_model, cpu_kernels
 from hpsearch.models.cnn2d import Cnn2d, Cnn2dConfig, OneChannelConv2d
 from hpsearch.reference import ReferenceCnn2d, WindowDataset, loader
 from hpsearch.runner import prepare
 from hpsearch.train import eval_batch, make_optimizer, predict, resolve_device
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=["fused", "modules"])
+def cnn_path(request, monkeypatch):
+    """The CNN on CPU both ways: with the fused kernels (tests/test_cpu_kernels.py checks they
+    build here) and with torch's modules, as where they cannot be built."""
+    if request.param == "modules":
+        monkeypatch.setenv(cpu_kernels.ENV, "0")
+    return request.param
 
 
 def twins(cfg: Cnn2dConfig, spec: InputSpec, device: str) -> tuple[Cnn2d, ReferenceCnn2d]:
@@ -40,7 +49,7 @@ def twins(cfg: Cnn2dConfig, spec: InputSpec, device: str) -> tuple[Cnn2d, Refere
         (Cnn2dConfig(c1=3, c2=5, kernel_size=5, dropout=0.0), 12, 2, True, 2),  # kernel wider than F
     ],
 )
-def test_cnn_equals_the_reference_layers_forward_and_backward(device, cfg, T, F, embedding, W):
+def test_cnn_equals_the_reference_layers_forward_and_backward(device, cfg, T, F, embedding, W, cnn_path):
     spec = InputSpec(seq_len=T, n_features=F, output_window=W, n_tickers=5, ticker_embedding=embedding)
     fast, ref = twins(cfg, spec, device)
     x = torch.randn(33, T, F, device=device)  # (B, T, F)
@@ -58,7 +67,7 @@ def test_cnn_equals_the_reference_layers_forward_and_backward(device, cfg, T, F,
         torch.testing.assert_close(fast(x, ticker), ref(x, ticker), rtol=1e-5, atol=1e-6)
 
 
-def test_with_dropout_the_cnn_equals_the_reference_in_eval_and_draws_masks_in_training():
+def test_with_dropout_the_cnn_equals_the_reference_in_eval_and_draws_masks_in_training(cnn_path):
     spec = InputSpec(seq_len=16, n_features=6, output_window=2, n_tickers=4, ticker_embedding=True)
     fast, ref = twins(Cnn2dConfig(dropout=0.5), spec, "cpu")
     x, ticker = torch.randn(64, 16, 6), torch.randint(0, 4, (64,))
@@ -152,7 +161,7 @@ def test_fused_adam_takes_the_default_adams_steps():
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_batched_prediction_equals_one_pass_over_all_windows(prepared):
+def test_batched_prediction_equals_one_pass_over_all_windows(prepared, cnn_path):
     w = prepared.windows
     torch.manual_seed(0)
     model = build_model("cnn2d", prepared.cfg.model, w.spec).eval()
@@ -173,7 +182,7 @@ def test_batched_prediction_equals_one_pass_over_all_windows(prepared):
     np.testing.assert_array_equal(true, y.numpy())
 
 
-def test_a_training_step_equals_the_reference_loops_step(prepared):
+def test_a_training_step_equals_the_reference_loops_step(prepared, cnn_path):
     """hpsearch's step (gather, fast CNN, fused Adam) against the lab's (DataLoader batch,
     layer-by-layer CNN, default Adam) on the same windows: the same weights after 5 steps."""
     w = prepared.windows

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hpsearch.models import cpu_kernels
 from hpsearch.models.base import InputSpec
 
 
@@ -68,6 +69,40 @@ class OneChannelConv2d(nn.Conv2d):
         return out.view(B, T, F, c).permute(0, 3, 1, 2)  # (B, c1, T, F) in channels-last memory
 
 
+class _Conv1PoolReLU(torch.autograd.Function):
+    """relu(max_pool_(2,1)(conv1(x))) in one fused CPU kernel (cnn2d_cpu.cpp); x needs no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # x (B, T, F) -> (B, c1, T/2, F) channels-last
+        out, code = cpu_kernels.ops().conv1_pool_relu(x, weight, bias)
+        ctx.save_for_backward(x, code)
+        ctx.k = weight.shape[-1]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, code = ctx.saved_tensors
+        grad_weight, grad_bias = cpu_kernels.ops().conv1_pool_relu_backward(grad, code, x, ctx.k)
+        return None, grad_weight, grad_bias
+
+
+class _PoolReLU(torch.autograd.Function):
+    """relu(max_pool_(2,1)(z)) in one fused CPU kernel (cnn2d_cpu.cpp); z channels-last, the
+    output in the default layout, which the head flattens in the reference's order."""
+
+    @staticmethod
+    def forward(ctx, z):  # (B, C, T, F) -> (B, C, T/2, F)
+        out, code = cpu_kernels.ops().pool_relu(z)
+        ctx.save_for_backward(code)
+        ctx.T = z.shape[2]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (code,) = ctx.saved_tensors
+        return cpu_kernels.ops().pool_relu_backward(grad, code, ctx.T)
+
+
 class Cnn2d(nn.Module):
     def __init__(self, cfg: Cnn2dConfig, spec: InputSpec) -> None:
         super().__init__()
@@ -100,7 +135,26 @@ class Cnn2d(nn.Module):
             layers += [nn.Linear(width, spec.output_window)]
         self.head = nn.Sequential(*layers)
 
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether the fused CPU kernels compute the features: float32 on CPU, the input not
+        needing a gradient, not under torch.compile (the kernels have no meta functions)."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not x.requires_grad
+            and not torch.compiler.is_compiling()
+            and cpu_kernels.ops() is not None
+        )
+
     def forward(self, x: torch.Tensor, ticker: torch.Tensor) -> torch.Tensor:
+        if self._fused(x):
+            conv1, _, _, conv2, _, _ = self.features
+            z = _Conv1PoolReLU.apply(x, conv1.weight, conv1.bias)  # (B, T, F) -> (B, c1, T/2, F)
+            z = _PoolReLU.apply(conv2(z))  # -> (B, c2, T/4, F), in the default layout
+            z = z.flatten(1)  # (B, c2 * T/4 * F): the reference's order, a view
+            if self.embedding is not None:
+                z = torch.cat([z, self.embedding(ticker)], dim=1)  # (B, flat + ticker_dim)
+            return self.head(z)  # (B, W)
         z = self.features(x.unsqueeze(1))  # (B, T, F) -> (B, 1, T, F) -> (B, c2, T/4, F)
         B, c2, T4, F = z.shape
         # Flattened in (T/4, F, c2) order, a view of the channels-last memory; the reference

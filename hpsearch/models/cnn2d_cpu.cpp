@@ -1,0 +1,311 @@
+// CPU kernels of the CNN's pooled blocks, fused: each reads its input once and writes its output
+// once, forward and backward. Built on first use by hpsearch/models/cpu_kernels.py (torch's JIT
+// extension loader); the model falls back to nn.Conv2d + MaxPool2d + ReLU where it cannot be built.
+//
+// Why hand-written: at the CNN's sizes (8-16 channels, 6 features, batch 64) torch's CPU
+// MaxPool2d forward and backward each make a full pass over the activations plus a zero fill and
+// int64 indices, and the one-channel first convolution is a tiny product that oneDNN runs far
+// below matmul speed; together they were ~40 % of a training step (scripts/bench.py). Nothing in
+// torch fuses them on CPU (torch.compile measured slower here).
+//
+// Layouts: activations (B, C, T, F) in channels-last memory, i.e. rows (B, T, F * C).
+// Semantics are exactly MaxPool2d((2, 1)) then ReLU: the earlier time step wins a tie, a NaN wins
+// the max, ReLU passes NaN and cuts v <= 0; the gradient goes to the winning step where the ReLU
+// passed and is +0 elsewhere. `code` keeps that decision per output: 0 even step, 1 odd, 2 cut.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+// Each hot loop is compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the CPU
+// (gcc's function multi-versioning), so the cached build runs on any x86-64 machine at its width.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define HPS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HPS_CLONES
+#endif
+
+namespace {
+
+constexpr uint8_t kEven = 0, kOdd = 1, kCut = 2;
+// Windows per partial sum of the weight gradient: a fixed split, so that the sum's order, and its
+// float result, is the same on any number of threads.
+constexpr int64_t kChunk = 8;
+
+// v if keep else +0, without a branch (so loops vectorize) and without v * 0 (NaN * 0 is NaN).
+inline float keep_if(float v, bool keep) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  u &= 0u - static_cast<uint32_t>(keep);
+  std::memcpy(&v, &u, sizeof u);
+  return v;
+}
+
+// One output row of the pool: max of rows a (step 2t) and b (step 2t + 1), then ReLU.
+// The loops below run in blocks of kBlock elements: a loop that mixes byte codes and floats
+// otherwise vectorizes 64 elements at a time, more than a row of 48 holds, and runs scalar.
+constexpr int64_t kBlock = 16;
+
+inline void pool_relu_one(const float va, const float vb, float* out, uint8_t* code) {
+  // Without branches (the winner is data: a branch on it mispredicts half the time).
+  const bool take_b = (vb > va) | (vb != vb);  // vb != vb: vb is NaN
+  const float v = keep_if(vb, take_b) + keep_if(va, !take_b);  // one of the two terms is +0
+  const bool cut = v <= 0.0f;
+  *out = keep_if(v, !cut);
+  *code = static_cast<uint8_t>((take_b & !cut) | (cut << 1));  // kEven, kOdd or kCut
+}
+
+HPS_CLONES void pool_relu_row(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
+                              uint8_t* __restrict__ code, int64_t n) {
+  int64_t j = 0;
+  for (; j + kBlock <= n; j += kBlock)
+    for (int64_t l = 0; l < kBlock; ++l) pool_relu_one(a[j + l], b[j + l], out + j + l, code + j + l);
+  for (; j < n; ++j) pool_relu_one(a[j], b[j], out + j, code + j);
+}
+
+// The pool's backward for one output row: the gradient to the winning step, +0 to the other.
+HPS_CLONES void unpool_row(const float* __restrict__ s, const uint8_t* __restrict__ k, float* __restrict__ a,
+                           float* __restrict__ o, int64_t n) {
+  int64_t j = 0;
+  for (; j + kBlock <= n; j += kBlock)
+    for (int64_t l = 0; l < kBlock; ++l) {
+      a[j + l] = keep_if(s[j + l], k[j + l] == kEven);
+      o[j + l] = keep_if(s[j + l], k[j + l] == kOdd);
+    }
+  for (; j < n; ++j) {
+    a[j] = keep_if(s[j], k[j] == kEven);
+    o[j] = keep_if(s[j], k[j] == kOdd);
+  }
+}
+
+void check_float_cpu(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, what, ": float32 CPU tensor expected");
+}
+
+// ------------------------------------------------------------------------- pool + ReLU alone
+
+// pool_relu writes its output in the default (B, C, T/2, F) layout, not channels-last: the head
+// flattens it in (C, T/2, F) order, the reference's, so its first layer uses its weight as it is.
+std::tuple<at::Tensor, at::Tensor> pool_relu(const at::Tensor& input) {
+  check_float_cpu(input, "pool_relu");
+  TORCH_CHECK(input.dim() == 4, "pool_relu: (B, C, T, F) expected");
+  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C = x.size(1), T = x.size(2), F = x.size(3), T2 = T / 2, R = F * C;
+  auto out = at::empty({B, C, T2, F}, x.options());
+  auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  uint8_t* cp = code.mutable_data_ptr<uint8_t>();
+  at::parallel_for(0, B * T2, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(R);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / T2, t2 = r % T2;
+      const float* a = xp + (b * T + 2 * t2) * R;
+      pool_relu_row(a, a + R, row.data(), cp + r * R, R);
+      for (int64_t c = 0; c < C; ++c)  // (F, C) row -> out[b, c, t2, :]
+        for (int64_t f = 0; f < F; ++f) op[((b * C + c) * T2 + t2) * F + f] = row[f * C + c];
+    }
+  });
+  return {out, code};
+}
+
+// The gradient of pool_relu's input (channels-last) from that of its output (any layout).
+at::Tensor pool_relu_backward(const at::Tensor& grad_output, const at::Tensor& code, int64_t T) {
+  check_float_cpu(grad_output, "pool_relu_backward");
+  const auto g = grad_output.contiguous();
+  const int64_t B = g.size(0), C = g.size(1), T2 = g.size(2), F = g.size(3), R = F * C;
+  TORCH_CHECK(T / 2 == T2 && code.numel() == B * T2 * R, "pool_relu_backward: shapes do not match");
+  auto grad = at::empty({B, C, T, F}, g.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* gp = g.const_data_ptr<float>();
+  const uint8_t* cp = code.const_data_ptr<uint8_t>();
+  float* ip = grad.mutable_data_ptr<float>();
+  at::parallel_for(0, B * T2, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(R);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / T2, t2 = r % T2;
+      for (int64_t c = 0; c < C; ++c)  // grad[b, c, t2, :] -> (F, C) row
+        for (int64_t f = 0; f < F; ++f) row[f * C + c] = gp[((b * C + c) * T2 + t2) * F + f];
+      float* a = ip + (b * T + 2 * t2) * R;
+      unpool_row(row.data(), cp + r * R, a, a + R, R);
+    }
+  });
+  if (T % 2) {  // the last step of an odd T is not pooled: no gradient
+    for (int64_t b = 0; b < B; ++b) std::fill_n(ip + (b * T + T - 1) * R, R, 0.0f);
+  }
+  return grad;
+}
+
+// ------------------------------------------------- one-channel conv (k x k, zero padding) + pool + ReLU
+//
+// As in OneChannelConv2d, the conv of one time step is a product of the k input rows around it,
+// K = k * F values, with a banded (K, F * C) matrix band[i][g][f * C + c] = weight[c][0][i][g - f +
+// k/2] (0 where that tap does not exist): output row = bias + sum over q < K of in[q] * band[q].
+// The sum runs over all K terms, the band's zeros included: exact zeros leave a sum unchanged, and
+// a fixed-length loop with its 16 accumulators in one vector register beats skipping them. The
+// products are the convolution's, summed in another order: results agree to float rounding.
+
+constexpr int64_t kLanes = 16;  // one AVX-512 register of floats
+
+// Rows are padded to two registers' width: band_rows works on two at a time.
+inline int64_t padded(int64_t n) { return (n + 2 * kLanes - 1) / (2 * kLanes) * (2 * kLanes); }
+
+// Band (K, Rp) and per-row bias (Rp) from weight (C, 1, k, k) and bias (C); zeros in the padding.
+void build_band(const float* w, const float* bias, int64_t C, int64_t k, int64_t F, float* band, float* bias_row) {
+  const int64_t p = k / 2, Rp = padded(F * C);
+  std::fill_n(band, k * F * Rp, 0.0f);
+  std::fill_n(bias_row, Rp, 0.0f);
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t g = 0; g < F; ++g)
+      for (int64_t f = std::max<int64_t>(0, g - p); f < std::min<int64_t>(F, g + p + 1); ++f)
+        for (int64_t c = 0; c < C; ++c) band[(i * F + g) * Rp + f * C + c] = w[(c * k + i) * k + (g - f + p)];
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t c = 0; c < C; ++c) bias_row[f * C + c] = bias[c];
+}
+
+// The K inputs under time step t of window xb (T, F): rows t - k/2 .. t + k/2, zeros outside.
+inline void gather_in(const float* xb, int64_t T, int64_t F, int64_t k, int64_t t, float* in) {
+  const int64_t p = k / 2;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t tt = t + i - p;
+    if (tt < 0 || tt >= T)
+      std::fill_n(in + i * F, F, 0.0f);
+    else
+      std::copy_n(xb + tt * F, F, in + i * F);
+  }
+}
+
+// The pre-activations of the even and the odd step of a pooled pair, (Rp) each:
+// bias_row + sum over q < K of in[q] * band[q], kLanes outputs at a time. The two steps (and two
+// lane blocks) run side by side: four independent sums hide the latency of each multiply-add.
+HPS_CLONES void band_rows(const float* __restrict__ in_e, const float* __restrict__ in_o,
+                          const float* __restrict__ band, const float* __restrict__ bias_row,
+                          float* __restrict__ pre_e, float* __restrict__ pre_o, int64_t K, int64_t Rp) {
+  for (int64_t j0 = 0; j0 < Rp; j0 += 2 * kLanes) {
+    float e[2 * kLanes], o[2 * kLanes];
+    for (int64_t l = 0; l < 2 * kLanes; ++l) e[l] = o[l] = bias_row[j0 + l];
+    for (int64_t q = 0; q < K; ++q) {
+      const float ve = in_e[q], vo = in_o[q];
+      const float* __restrict__ b = band + q * Rp + j0;
+      for (int64_t l = 0; l < 2 * kLanes; ++l) {
+        e[l] += ve * b[l];
+        o[l] += vo * b[l];
+      }
+    }
+    for (int64_t l = 0; l < 2 * kLanes; ++l) {
+      pre_e[j0 + l] = e[l];
+      pre_o[j0 + l] = o[l];
+    }
+  }
+}
+
+// gband (K, Rp) += outer(in_e, g_e) + outer(in_o, g_o): the band's gradient from a pooled pair.
+HPS_CLONES void band_grad_rows(const float* __restrict__ in_e, const float* __restrict__ in_o,
+                               const float* __restrict__ g_e, const float* __restrict__ g_o,
+                               float* __restrict__ gband, int64_t K, int64_t Rp) {
+  for (int64_t q = 0; q < K; ++q) {
+    const float ve = in_e[q], vo = in_o[q];
+    float* __restrict__ g = gband + q * Rp;
+    for (int64_t j = 0; j < Rp; ++j) g[j] += ve * g_e[j] + vo * g_o[j];
+  }
+}
+
+// x (B, T, F); weight (C, 1, k, k); bias (C). Returns relu(maxpool_(2,1)(conv(x))) as (B, C, T/2, F)
+// channels-last, and the pool's code.
+std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, const at::Tensor& weight,
+                                                   const at::Tensor& bias) {
+  check_float_cpu(input, "conv1_pool_relu");
+  check_float_cpu(weight, "conv1_pool_relu weight");
+  check_float_cpu(bias, "conv1_pool_relu bias");
+  TORCH_CHECK(input.dim() == 3 && weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == weight.size(3) &&
+                  weight.size(2) % 2 == 1 && bias.numel() == weight.size(0),
+              "conv1_pool_relu: x (B, T, F), weight (C, 1, k, k) with odd k, bias (C) expected");
+  const auto x = input.contiguous();
+  const auto w = weight.contiguous();
+  const auto bc = bias.contiguous();
+  const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = w.size(0), k = w.size(2);
+  const int64_t T2 = T / 2, R = F * C, Rp = padded(R), K = k * F;
+  std::vector<float> band(K * Rp), bias_row(Rp);
+  build_band(w.const_data_ptr<float>(), bc.const_data_ptr<float>(), C, k, F, band.data(), bias_row.data());
+  auto out = at::empty({B, C, T2, F}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  uint8_t* cp = code.mutable_data_ptr<uint8_t>();
+  at::parallel_for(0, B * T2, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> in(2 * K), pre(2 * Rp);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / T2, t2 = r % T2;
+      gather_in(xp + b * T * F, T, F, k, 2 * t2, in.data());  // the even step's inputs
+      gather_in(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);  // the odd step's
+      band_rows(in.data(), in.data() + K, band.data(), bias_row.data(), pre.data(), pre.data() + Rp, K, Rp);
+      pool_relu_row(pre.data(), pre.data() + Rp, op + r * R, cp + r * R, R);
+    }
+  });
+  return {out, code};
+}
+
+// Gradients of conv1_pool_relu's weight (C, 1, k, k) and bias (C); x needs none (it is data).
+std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& grad_output, const at::Tensor& code,
+                                                            const at::Tensor& input, int64_t k) {
+  check_float_cpu(grad_output, "conv1_pool_relu_backward");
+  const auto g = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto x = input.contiguous();
+  const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = g.size(1), T2 = g.size(2), R = F * C;
+  const int64_t p = k / 2, K = k * F, Rp = padded(R), N = (K + 1) * Rp;  // per chunk: band (K, Rp), bias row
+  TORCH_CHECK(T / 2 == T2 && g.size(0) == B && g.size(3) == F && code.numel() == B * T2 * R,
+              "conv1_pool_relu_backward: shapes do not match");
+  const int64_t n_chunks = (B + kChunk - 1) / kChunk;
+  std::vector<float> partial(n_chunks * N, 0.0f);
+  const float* gp = g.const_data_ptr<float>();
+  const uint8_t* cp = code.const_data_ptr<uint8_t>();
+  const float* xp = x.const_data_ptr<float>();
+  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> in(2 * K), grow(2 * Rp, 0.0f);  // grow: the even and odd steps' pre-activation gradients
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      float* gband = partial.data() + chunk * N;
+      float* gbias = gband + K * Rp;
+      for (int64_t b = chunk * kChunk; b < std::min(B, (chunk + 1) * kChunk); ++b) {
+        for (int64_t t2 = 0; t2 < T2; ++t2) {
+          const int64_t r = b * T2 + t2;
+          unpool_row(gp + r * R, cp + r * R, grow.data(), grow.data() + Rp, R);
+          for (int64_t j = 0; j < R; ++j) gbias[j] += grow[j] + grow[Rp + j];
+          gather_in(xp + b * T * F, T, F, k, 2 * t2, in.data());
+          gather_in(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);
+          band_grad_rows(in.data(), in.data() + K, grow.data(), grow.data() + Rp, gband, K, Rp);
+        }
+      }
+    }
+  });
+  for (int64_t chunk = 1; chunk < n_chunks; ++chunk)  // chunks in order: a fixed summation order
+    for (int64_t j = 0; j < N; ++j) partial[j] += partial[chunk * N + j];
+  // Back from the band to the weight: tap (c, i, j) sits at band[i][f + j - p][f * C + c] for each f.
+  auto grad_weight = at::zeros({C, 1, k, k}, g.options());
+  auto grad_bias = at::zeros({C}, g.options());
+  float* gw = grad_weight.mutable_data_ptr<float>();
+  float* gb = grad_bias.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t gg = 0; gg < F; ++gg)
+      for (int64_t f = std::max<int64_t>(0, gg - p); f < std::min<int64_t>(F, gg + p + 1); ++f)
+        for (int64_t c = 0; c < C; ++c) gw[(c * k + i) * k + (gg - f + p)] += partial[(i * F + gg) * Rp + f * C + c];
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t c = 0; c < C; ++c) gb[c] += partial[K * Rp + f * C + c];
+  return {grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(hpsearch, m) {
+  m.def("pool_relu(Tensor x) -> (Tensor, Tensor)", pool_relu);
+  m.def("pool_relu_backward(Tensor grad, Tensor code, int T) -> Tensor", pool_relu_backward);
+  m.def("conv1_pool_relu(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)", conv1_pool_relu);
+  m.def("conv1_pool_relu_backward(Tensor grad, Tensor code, Tensor x, int k) -> (Tensor, Tensor)",
+        conv1_pool_relu_backward);
+}

@@ -1,0 +1,135 @@
+"""The CNN's fused CPU kernels (hpsearch/models/cnn2d_cpu.cpp) compute what torch's modules compute.
+
+MaxPool2d((2, 1)) then ReLU, and a one-channel Conv2d before them, are the definitions; the
+kernels must give the same outputs (the pool: bit for bit) and the same gradients, on ties, NaN,
+odd lengths and channel counts that do not fill a vector register.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from hpsearch.models import InputSpec, cpu_kernels
+from hpsearch.models.cnn2d import Cnn2d, Cnn2dConfig
+from hpsearch.reference import ReferenceCnn2d
+
+CL = torch.channels_last
+
+
+@pytest.fixture
+def ops():
+    found = cpu_kernels.ops()
+    if found is None and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("no C++ compiler on this machine: the CNN runs torch's modules")
+    assert found is not None, f"the fused CPU kernels did not build: {cpu_kernels.status()}"
+    return found
+
+
+def pool_relu_reference(z: torch.Tensor) -> torch.Tensor:
+    return torch.relu(nn.functional.max_pool2d(z, (2, 1)))
+
+
+@pytest.mark.parametrize(
+    ("B", "C", "T", "F"), [(5, 8, 96, 6), (3, 16, 48, 6), (4, 3, 9, 5), (2, 17, 7, 1), (1, 40, 4, 3)]
+)
+def test_pool_relu_equals_max_pool_then_relu_bit_for_bit(ops, B, C, T, F):
+    torch.manual_seed(0)
+    z = torch.randn(B, C, T, F)
+    n = 2 * (T // 2)  # the pooled steps: pairs (0, 1), (2, 3), ...
+    tie = torch.rand(B, C, n // 2, F) < 0.3
+    z[:, :, 1:n:2] = torch.where(tie, z[:, :, 0:n:2], z[:, :, 1:n:2])  # equal neighbours in time
+    z[0, 0, 0, 0], z[0, 0, 1, 0] = float("nan"), 1.0  # NaN in the even step wins
+    if T > 3:
+        z[0, 0, 2, 0], z[0, 0, 3, 0] = 1.0, float("nan")  # and in the odd step
+    z[-1, -1, 0, -1], z[-1, -1, 1, -1] = -0.0, -2.0  # a pair that ReLU cuts
+    z = z.contiguous(memory_format=CL)
+    out, code = ops.pool_relu(z)
+    ref = pool_relu_reference(z)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+    g = torch.randn_like(ref)
+    zr = z.clone().requires_grad_()
+    pool_relu_reference(zr).backward(g)
+    grad = ops.pool_relu_backward(g, code, T)
+    assert grad.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(grad, zr.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("c1", "k", "T", "F"),
+    [(8, 3, 96, 6), (4, 5, 30, 7), (2, 3, 5, 1), (3, 7, 9, 2), (1, 1, 4, 3), (17, 3, 11, 6), (32, 5, 16, 4)],
+)
+def test_conv1_pool_relu_equals_conv_then_pool_then_relu(ops, c1, k, T, F):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, c1, k, padding=k // 2)
+    x = torch.randn(9, T, F)  # (B, T, F)
+    out, code = ops.conv1_pool_relu(x, conv.weight.detach(), conv.bias.detach())
+    ref = pool_relu_reference(conv(x.unsqueeze(1)))
+    assert out.shape == ref.shape == (9, c1, T // 2, F) and out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    grad_weight, grad_bias = ops.conv1_pool_relu_backward(g, code, x, k)
+    torch.testing.assert_close(grad_weight, conv.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_bias, conv.bias.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_the_weight_gradient_does_not_depend_on_the_thread_count(ops):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(70, 96, 6), torch.randn(8, 1, 3, 3), torch.randn(8)
+    out, code = ops.conv1_pool_relu(x, w, b)
+    g = torch.randn_like(out)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(ops.conv1_pool_relu_backward(g, code, x, 3))
+    finally:
+        torch.set_num_threads(threads)
+    for gw, gb in results[1:]:
+        assert torch.equal(gw, results[0][0]) and torch.equal(gb, results[0][1])
+
+
+def cnn_pair(cfg: Cnn2dConfig, spec: InputSpec) -> tuple[Cnn2d, ReferenceCnn2d]:
+    torch.manual_seed(0)
+    fast, ref = Cnn2d(cfg, spec), ReferenceCnn2d(cfg, spec)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def test_the_cnn_uses_the_kernels_and_the_reference_order_for_its_head(ops):
+    spec = InputSpec(seq_len=96, n_features=6, output_window=1, n_tickers=3, ticker_embedding=True)
+    fast, ref = cnn_pair(Cnn2dConfig(dropout=0.5), spec)
+    x, tk = torch.randn(32, 96, 6), torch.randint(0, 3, (32,))
+    assert fast._fused(x) and not fast._fused(x.clone().requires_grad_()) and not fast._fused(x.double())
+    # The fused path flattens in the reference's order, so even dropout draws the same mask.
+    torch.manual_seed(3)
+    a = fast(x, tk)
+    torch.manual_seed(3)
+    torch.testing.assert_close(a, ref(x, tk), rtol=1e-5, atol=1e-6)
+
+
+def test_disabled_kernels_give_the_same_model(ops, monkeypatch):
+    spec = InputSpec(seq_len=30, n_features=5, output_window=3, n_tickers=2, ticker_embedding=True)
+    fast, _ = cnn_pair(Cnn2dConfig(c1=5, c2=7), spec)
+    x, tk = torch.randn(16, 30, 5), torch.randint(0, 2, (16,))
+    fused = fast(x, tk)
+    monkeypatch.setenv(cpu_kernels.ENV, "0")
+    assert not fast._fused(x) and cpu_kernels.status() == "disabled"
+    torch.testing.assert_close(fast(x, tk), fused, rtol=1e-5, atol=1e-6)
+
+
+def test_kernels_that_cannot_be_built_warn_once_and_the_cnn_still_runs(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setattr(cpu_kernels, "_load", lambda: (None, "RuntimeError: no compiler"))
+    spec = InputSpec(seq_len=16, n_features=3, output_window=1, n_tickers=2, ticker_embedding=False)
+    fast, ref = cnn_pair(Cnn2dConfig(c1=2, c2=3), spec)
+    x, tk = torch.randn(4, 16, 3), torch.zeros(4, dtype=torch.long)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        out = fast(x, tk)
+    torch.testing.assert_close(out, ref(x, tk), rtol=1e-5, atol=1e-6)
+    assert cpu_kernels.status() == "unavailable: RuntimeError: no compiler"
