@@ -296,6 +296,8 @@ def run_final(
             f"best {ep.best_valid:.6g} (epoch {ep.best_epoch})  {ep.seconds:.1f}s"
         )
 
+    if cfg.model_family == "cnn2d" and dev.type == "cpu":
+        cpu_kernels.prepare(console)  # built before training, not inside its first epoch
     console.print(f"training {cfg.name} ({cfg.model_family}, seed {cfg.seed}) on {dev}")
     started = time.time()
     result = train(model, prep.windows, cfg.training, cfg.seed, prep.valid_anchors, on_epoch=show)

@@ -73,6 +73,9 @@ class Objective:
         seed_everything(seed)
         data = self.data.for_window(run.data.output_window)
         model = build_model(run.model_family, run.model, data.spec)
+        if run.model_family == "cnn2d" and data.x.device.type == "cpu":
+            cpu_kernels.ops()  # loaded (or found unavailable) now, so that the record is true
+            trial.set_user_attr("cpu_kernels", cpu_kernels.status())  # fused kernels or torch's modules
 
         def report(ep: EpochResult) -> None:
             history.append(ep)
@@ -89,8 +92,6 @@ class Objective:
             self._artifacts(trial, history, data, "pruned")
             raise
         self._record(trial, history, result.stop_reason, seconds=result.seconds)
-        if run.model_family == "cnn2d" and data.x.device.type == "cpu":
-            trial.set_user_attr("cpu_kernels", cpu_kernels.status())  # fused kernels or torch's modules
         if result.stop_reason == "diverged" or not math.isfinite(result.best_valid):
             # Never hand Optuna a NaN: a diverged run is pruned, its parameters and reason kept.
             self._artifacts(trial, history, data, result.stop_reason)

@@ -23,6 +23,7 @@ from hpsearch.config import StudyConfig, from_dict
 from hpsearch.data import Bars, LoadReport
 from hpsearch.errors import ConfigError, mask_url
 from hpsearch.metrics import baselines
+from hpsearch.models import cpu_kernels
 from hpsearch.objective import Objective, Surplus
 from hpsearch.progress import SearchProgress, best_trials_table
 from hpsearch.search import make_pruner, make_sampler, pruning_cells
@@ -228,6 +229,11 @@ def optimize(
         study.optimize(objective, callbacks=callbacks, gc_after_trial=False, catch=(Surplus,))
 
 
+def uses_cpu_kernels(cfg: StudyConfig, device: torch.device) -> bool:
+    """Whether the study can build a CNN that runs on CPU (the fused kernels' only user)."""
+    return device.type == "cpu" and "cnn2d" in {cfg.model_family, *cfg.family_models}
+
+
 def run_study(
     cfg: StudyConfig,
     storage_url: str,
@@ -255,6 +261,8 @@ def run_study(
         + (f" with {workers} workers" if workers > 1 else "")
     )
     if done < cfg.n_trials:
+        if uses_cpu_kernels(cfg, device):
+            cpu_kernels.prepare(console)  # before any trial, and before workers start
         if workers > 1:
             from hpsearch.parallel import run_workers
 

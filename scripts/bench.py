@@ -151,20 +151,21 @@ def interleaved(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def kernels_off(fn: Callable[[], object]) -> Callable[[], object]:
-    """fn with hpsearch's fused CPU kernels switched off: the CNN runs torch's modules, as on a
-    machine where the kernels cannot be built."""
+def with_env(fn: Callable[[], object], **env: str) -> Callable[[], object]:
+    """fn run with these environment variables set, e.g. HPSEARCH_CPU_KERNELS="0": the CNN runs
+    torch's modules, as on a machine where the fused kernels cannot be built."""
 
     def run():
-        old = os.environ.get(cpu_kernels.ENV)
-        os.environ[cpu_kernels.ENV] = "0"
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             return fn()
         finally:
-            if old is None:
-                del os.environ[cpu_kernels.ENV]
-            else:
-                os.environ[cpu_kernels.ENV] = old
+            for k, v in old.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
 
     return run
 
@@ -488,7 +489,8 @@ def section_cnn(b: Bench, prep) -> None:
         "index_select": gathered("ref", WindowData.gather, False),
         "fused": gathered("ref", WindowData.gather, True),
         "layout": hpsearch_loop(64, fresh("layout")),
-        "modules": kernels_off(hpsearch_loop(64)),
+        "modules": with_env(hpsearch_loop(64), **{cpu_kernels.ENV: "0"}),
+        "generic": with_env(hpsearch_loop(64), HPSEARCH_CPU_KERNELS_GENERIC="1"),
         "hpsearch": hpsearch_loop(64),
     }
     conv1 = fresh("layout")
@@ -519,11 +521,13 @@ def section_cnn(b: Bench, prep) -> None:
             "layout",
         ),
         (
-            "hpsearch",
-            "lever kept: fused CPU kernels (C++, built on first use): conv1+max-pool+ReLU and "
-            "max-pool+ReLU, one pass each way; head reads the reference's order",
+            "generic",
+            "lever kept: fused CPU kernels (C++, built on first use): the feature block as one op "
+            "each way (conv1+max-pool+ReLU in one pass, oneDNN conv2, max-pool+ReLU in one pass); "
+            "head reads the reference's order [generic loops]",
             "modules",
         ),
+        ("hpsearch", "lever kept: the same kernels' rows in AVX-512 where the CPU has it", "generic"),
         ("conv1_matmul", "lever NOT kept: conv1 as k*k shifted copies @ (k*k, c1) matrix", "layout"),
     ]
     for key, what, prev in chain:

@@ -7,7 +7,11 @@ odd lengths and channel counts that do not fill a vector register.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,10 +24,14 @@ from hpsearch.reference import ReferenceCnn2d
 CL = torch.channels_last
 
 
-@pytest.fixture
-def ops():
+@pytest.fixture(params=["vector", "generic"])
+def ops(request, monkeypatch):
+    """The kernels, each test run twice: with the AVX-512 rows where this CPU has them, and with
+    the generic loops that any other CPU runs (HPSEARCH_CPU_KERNELS_GENERIC=1)."""
+    if request.param == "generic":
+        monkeypatch.setenv("HPSEARCH_CPU_KERNELS_GENERIC", "1")
     found = cpu_kernels.ops()
-    if found is None and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+    if found is None and not shutil.which(os.environ.get("CXX", "c++")):
         pytest.skip("no C++ compiler on this machine: the CNN runs torch's modules")
     assert found is not None, f"the fused CPU kernels did not build: {cpu_kernels.status()}"
     return found
@@ -123,13 +131,69 @@ def test_disabled_kernels_give_the_same_model(ops, monkeypatch):
     torch.testing.assert_close(fast(x, tk), fused, rtol=1e-5, atol=1e-6)
 
 
-def test_kernels_that_cannot_be_built_warn_once_and_the_cnn_still_runs(monkeypatch):
+def test_kernels_that_cannot_be_built_warn_once_and_the_cnn_still_runs(monkeypatch, caplog):
     monkeypatch.setattr(cpu_kernels, "_state", {})
-    monkeypatch.setattr(cpu_kernels, "_load", lambda: (None, "RuntimeError: no compiler"))
+    monkeypatch.setattr(cpu_kernels, "_load", lambda: (None, "RuntimeError: c++: not found"))
     spec = InputSpec(seq_len=16, n_features=3, output_window=1, n_tickers=2, ticker_embedding=False)
     fast, ref = cnn_pair(Cnn2dConfig(c1=2, c2=3), spec)
     x, tk = torch.randn(4, 16, 3), torch.zeros(4, dtype=torch.long)
-    with pytest.warns(RuntimeWarning, match="no compiler"):
+    with caplog.at_level(logging.WARNING, logger="hpsearch"):
         out = fast(x, tk)
+        fast(x, tk)
+    assert [r.getMessage().count("c++: not found") for r in caplog.records] == [1]
     torch.testing.assert_close(out, ref(x, tk), rtol=1e-5, atol=1e-6)
-    assert cpu_kernels.status() == "unavailable: RuntimeError: no compiler"
+    assert cpu_kernels.status() == "unavailable: RuntimeError: c++: not found"
+
+
+def test_a_failed_prepare_tells_worker_processes_not_to_build(monkeypatch, caplog):
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setattr(cpu_kernels, "_load", lambda: (None, "RuntimeError: broken"))
+    monkeypatch.setenv(cpu_kernels.ENV_UNAVAILABLE, "")  # so that the variable set below is undone
+    monkeypatch.delenv(cpu_kernels.ENV_UNAVAILABLE)
+    cpu_kernels.prepare()
+    assert os.environ[cpu_kernels.ENV_UNAVAILABLE] == "RuntimeError: broken"
+    # A worker: a new process inherits the environment and never builds, nor warns again.
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setattr(cpu_kernels, "_load", lambda: pytest.fail("a worker built the kernels"))
+    caplog.clear()
+    assert cpu_kernels.ops() is None and cpu_kernels.status() == "unavailable: RuntimeError: broken"
+    assert not caplog.records
+
+
+def test_the_reason_of_a_failed_build_is_the_compilers_error_not_the_command_line():
+    exc = RuntimeError(
+        "Error building extension 'hpsearch_cnn2d_cpu': [1/2] c++ -MMD -MF cnn2d_cpu.o.d "
+        "-DTORCH_EXTENSION_NAME=hpsearch_cnn2d_cpu -isystem /very/long/include/path "
+        * 3
+        + "\nFAILED: [code=127] cnn2d_cpu.o\n/bin/sh: 1: c++: not found\nninja: build stopped"
+    )
+    assert cpu_kernels._reason(exc) == "RuntimeError: /bin/sh: 1: c++: not found"
+
+
+def test_no_compiler_is_said_plainly(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    assert cpu_kernels._load() == (None, "no C++ compiler: '/nonexistent/c++' not found (set CXX to one)")
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(ops):
+    # torch's build lock is a plain file: a build killed mid-way leaves it, and torch then waits
+    # for it forever. A new process (the library cannot be loaded twice in one) must get through.
+    lock = cpu_kernels.build_dir() / "lock"
+    lock.write_text("")
+    code = (
+        "from hpsearch.models import cpu_kernels; assert cpu_kernels.ops() is not None, cpu_kernels.status()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert not lock.exists()
+
+
+def test_pool_backward_reads_a_gradient_sliced_from_a_wider_one(ops):
+    # What the head hands back: the feature columns of a (B, flat + ticker_dim) gradient.
+    z = torch.randn(4, 3, 10, 5).contiguous(memory_format=CL)
+    out, code = ops.pool_relu(z)
+    wide = torch.randn(4, out[0].numel() + 2)
+    g = wide[:, : out[0].numel()].view(out.shape)
+    assert not g.is_contiguous()
+    torch.testing.assert_close(
+        ops.pool_relu_backward(g, code, 10), ops.pool_relu_backward(g.contiguous(), code, 10), rtol=0, atol=0
+    )

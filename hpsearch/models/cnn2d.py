@@ -69,38 +69,20 @@ class OneChannelConv2d(nn.Conv2d):
         return out.view(B, T, F, c).permute(0, 3, 1, 2)  # (B, c1, T, F) in channels-last memory
 
 
-class _Conv1PoolReLU(torch.autograd.Function):
-    """relu(max_pool_(2,1)(conv1(x))) in one fused CPU kernel (cnn2d_cpu.cpp); x needs no gradient."""
+class _Features(torch.autograd.Function):
+    """The whole feature block (conv1, pool, ReLU, conv2, pool, ReLU) as one fused CPU op each
+    way (cnn2d_cpu.cpp: `features`); x needs no gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):  # x (B, T, F) -> (B, c1, T/2, F) channels-last
-        out, code = cpu_kernels.ops().conv1_pool_relu(x, weight, bias)
-        ctx.save_for_backward(x, code)
-        ctx.k = weight.shape[-1]
+    def forward(ctx, x, w1, b1, w2, b2):  # x (B, T, F) -> (B, c2, T/4, F), default layout
+        out, a1, code1, code2 = cpu_kernels.ops().features(x, w1, b1, w2, b2)
+        ctx.save_for_backward(x, a1, code1, code2, w1, w2)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, code = ctx.saved_tensors
-        grad_weight, grad_bias = cpu_kernels.ops().conv1_pool_relu_backward(grad, code, x, ctx.k)
-        return None, grad_weight, grad_bias
-
-
-class _PoolReLU(torch.autograd.Function):
-    """relu(max_pool_(2,1)(z)) in one fused CPU kernel (cnn2d_cpu.cpp); z channels-last, the
-    output in the default layout, which the head flattens in the reference's order."""
-
-    @staticmethod
-    def forward(ctx, z):  # (B, C, T, F) -> (B, C, T/2, F)
-        out, code = cpu_kernels.ops().pool_relu(z)
-        ctx.save_for_backward(code)
-        ctx.T = z.shape[2]
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (code,) = ctx.saved_tensors
-        return cpu_kernels.ops().pool_relu_backward(grad, code, ctx.T)
+        gw1, gb1, gw2, gb2 = cpu_kernels.ops().features_backward(grad, *ctx.saved_tensors)
+        return None, gw1, gb1, gw2, gb2
 
 
 class Cnn2d(nn.Module):
@@ -108,7 +90,11 @@ class Cnn2d(nn.Module):
         super().__init__()
         pad = cfg.kernel_size // 2
         # The reference's Conv2d, ReLU, MaxPool2d((2, 1)) twice, computed faster with the same values
-        # (tests/test_speed_equal.py checks outputs and gradients against hpsearch.reference):
+        # (tests/test_speed_equal.py checks outputs and gradients against hpsearch.reference).
+        # On CPU, float32, the block is one fused C++ op each way (_Features, cnn2d_cpu.cpp:
+        # conv1 + pool + ReLU in one pass, oneDNN's conv2, pool + ReLU in one pass), measured
+        # 1.4x this module path's epoch at batch 64. These modules are the parameters, the
+        # state_dict and, elsewhere (CUDA, MPS, no C++ compiler, torch.compile), the computation:
         # - the first conv is one matrix product that writes channels-last activations (see
         #   OneChannelConv2d); the pools and the second conv then run in that layout, where oneDNN
         #   is fastest on CPU (measured: the second conv's backward ~2x, MaxPool2d ~5x);
@@ -149,8 +135,7 @@ class Cnn2d(nn.Module):
     def forward(self, x: torch.Tensor, ticker: torch.Tensor) -> torch.Tensor:
         if self._fused(x):
             conv1, _, _, conv2, _, _ = self.features
-            z = _Conv1PoolReLU.apply(x, conv1.weight, conv1.bias)  # (B, T, F) -> (B, c1, T/2, F)
-            z = _PoolReLU.apply(conv2(z))  # -> (B, c2, T/4, F), in the default layout
+            z = _Features.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias)  # (B, c2, T/4, F)
             z = z.flatten(1)  # (B, c2 * T/4 * F): the reference's order, a view
             if self.embedding is not None:
                 z = torch.cat([z, self.embedding(ticker)], dim=1)  # (B, flat + ticker_dim)

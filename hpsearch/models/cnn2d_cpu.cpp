@@ -15,6 +15,8 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -22,8 +24,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HPS_AVX512 1
+#define HPS_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#endif
 
 // Each hot loop is compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the CPU
 // (gcc's function multi-versioning), so the cached build runs on any x86-64 machine at its width.
@@ -54,21 +63,24 @@ inline float keep_if(float v, bool keep) {
 // otherwise vectorizes 64 elements at a time, more than a row of 48 holds, and runs scalar.
 constexpr int64_t kBlock = 16;
 
-inline void pool_relu_one(const float va, const float vb, float* out, uint8_t* code) {
+inline int32_t pool_relu_one(const float va, const float vb, float* out) {
   // Without branches (the winner is data: a branch on it mispredicts half the time).
   const bool take_b = (vb > va) | (vb != vb);  // vb != vb: vb is NaN
   const float v = keep_if(vb, take_b) + keep_if(va, !take_b);  // one of the two terms is +0
   const bool cut = v <= 0.0f;
   *out = keep_if(v, !cut);
-  *code = static_cast<uint8_t>((take_b & !cut) | (cut << 1));  // kEven, kOdd or kCut
+  return static_cast<int32_t>(take_b & !cut) | (static_cast<int32_t>(cut) << 1);  // kEven, kOdd or kCut
 }
 
 HPS_CLONES void pool_relu_row(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
                               uint8_t* __restrict__ code, int64_t n) {
   int64_t j = 0;
-  for (; j + kBlock <= n; j += kBlock)
-    for (int64_t l = 0; l < kBlock; ++l) pool_relu_one(a[j + l], b[j + l], out + j + l, code + j + l);
-  for (; j < n; ++j) pool_relu_one(a[j], b[j], out + j, code + j);
+  for (; j + kBlock <= n; j += kBlock) {
+    int32_t wide[kBlock];  // codes computed at the floats' width, then narrowed in one pass
+    for (int64_t l = 0; l < kBlock; ++l) wide[l] = pool_relu_one(a[j + l], b[j + l], out + j + l);
+    for (int64_t l = 0; l < kBlock; ++l) code[j + l] = static_cast<uint8_t>(wide[l]);
+  }
+  for (; j < n; ++j) code[j] = static_cast<uint8_t>(pool_relu_one(a[j], b[j], out + j));
 }
 
 // The pool's backward for one output row: the gradient to the winning step, +0 to the other.
@@ -86,6 +98,62 @@ HPS_CLONES void unpool_row(const float* __restrict__ s, const uint8_t* __restric
   }
 }
 
+// Written with AVX-512 intrinsics where the CPU has them: the generic loops above leave the
+// vectorizer to pack float comparisons into byte codes, which it does poorly (measured ~2x
+// slower for these rows). HPSEARCH_CPU_KERNELS_GENERIC=1 picks the generic loops (tests compare).
+#ifdef HPS_AVX512
+bool use_avx512() {
+  static const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+  const char* generic = std::getenv("HPSEARCH_CPU_KERNELS_GENERIC");
+  return cpu && !(generic && *generic && *generic != '0');
+}
+
+HPS_TARGET_AVX512 inline __mmask16 lanes(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+HPS_TARGET_AVX512 void pool_relu_row_avx512(const float* a, const float* b, float* out, uint8_t* code,
+                                            int64_t n) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = lanes(n - j);
+    const __m512 va = _mm512_maskz_loadu_ps(m, a + j), vb = _mm512_maskz_loadu_ps(m, b + j);
+    const __mmask16 take_b = _mm512_cmp_ps_mask(vb, va, _CMP_GT_OQ) | _mm512_cmp_ps_mask(vb, vb, _CMP_UNORD_Q);
+    const __m512 v = _mm512_mask_blend_ps(take_b, va, vb);
+    const __mmask16 cut = _mm512_cmp_ps_mask(v, zero, _CMP_LE_OQ);  // false for NaN: ReLU passes it
+    _mm512_mask_storeu_ps(out + j, m, _mm512_maskz_mov_ps(static_cast<__mmask16>(~cut), v));
+    __m128i c = _mm_maskz_mov_epi8(take_b & static_cast<__mmask16>(~cut), _mm_set1_epi8(kOdd));
+    c = _mm_mask_mov_epi8(c, cut, _mm_set1_epi8(kCut));
+    _mm_mask_storeu_epi8(code + j, m, c);
+  }
+}
+
+HPS_TARGET_AVX512 void unpool_row_avx512(const float* s, const uint8_t* k, float* a, float* o, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = lanes(n - j);
+    const __m128i kc = _mm_maskz_loadu_epi8(m, k + j);
+    const __mmask16 even = _mm_cmpeq_epi8_mask(kc, _mm_set1_epi8(kEven)) & m;
+    const __mmask16 odd = _mm_cmpeq_epi8_mask(kc, _mm_set1_epi8(kOdd)) & m;
+    const __m512 g = _mm512_maskz_loadu_ps(m, s + j);
+    _mm512_mask_storeu_ps(a + j, m, _mm512_maskz_mov_ps(even, g));
+    _mm512_mask_storeu_ps(o + j, m, _mm512_maskz_mov_ps(odd, g));
+  }
+}
+#else
+inline bool use_avx512() { return false; }
+inline void pool_relu_row_avx512(const float*, const float*, float*, uint8_t*, int64_t) {}
+inline void unpool_row_avx512(const float*, const uint8_t*, float*, float*, int64_t) {}
+#endif
+
+inline void pool_row(bool avx, const float* a, const float* b, float* out, uint8_t* code, int64_t n) {
+  avx ? pool_relu_row_avx512(a, b, out, code, n) : pool_relu_row(a, b, out, code, n);
+}
+
+inline void unpool(bool avx, const float* s, const uint8_t* k, float* a, float* o, int64_t n) {
+  avx ? unpool_row_avx512(s, k, a, o, n) : unpool_row(s, k, a, o, n);
+}
+
 void check_float_cpu(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, what, ": float32 CPU tensor expected");
 }
@@ -95,6 +163,7 @@ void check_float_cpu(const at::Tensor& t, const char* what) {
 // pool_relu writes its output in the default (B, C, T/2, F) layout, not channels-last: the head
 // flattens it in (C, T/2, F) order, the reference's, so its first layer uses its weight as it is.
 std::tuple<at::Tensor, at::Tensor> pool_relu(const at::Tensor& input) {
+  const bool avx = use_avx512();
   check_float_cpu(input, "pool_relu");
   TORCH_CHECK(input.dim() == 4, "pool_relu: (B, C, T, F) expected");
   const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
@@ -109,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor> pool_relu(const at::Tensor& input) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / T2, t2 = r % T2;
       const float* a = xp + (b * T + 2 * t2) * R;
-      pool_relu_row(a, a + R, row.data(), cp + r * R, R);
+      pool_row(avx, a, a + R, row.data(), cp + r * R, R);
       for (int64_t c = 0; c < C; ++c)  // (F, C) row -> out[b, c, t2, :]
         for (int64_t f = 0; f < F; ++f) op[((b * C + c) * T2 + t2) * F + f] = row[f * C + c];
     }
@@ -119,9 +188,15 @@ std::tuple<at::Tensor, at::Tensor> pool_relu(const at::Tensor& input) {
 
 // The gradient of pool_relu's input (channels-last) from that of its output (any layout).
 at::Tensor pool_relu_backward(const at::Tensor& grad_output, const at::Tensor& code, int64_t T) {
+  const bool avx = use_avx512();
   check_float_cpu(grad_output, "pool_relu_backward");
-  const auto g = grad_output.contiguous();
-  const int64_t B = g.size(0), C = g.size(1), T2 = g.size(2), F = g.size(3), R = F * C;
+  // The head hands back a slice of a wider gradient (its ticker columns cut off): read it with its
+  // batch stride rather than copy it, when each window's part is contiguous.
+  const bool rows_ok = grad_output.dim() == 4 && grad_output.stride(3) == 1 &&
+                       grad_output.stride(2) == grad_output.size(3) &&
+                       grad_output.stride(1) == grad_output.size(2) * grad_output.size(3);
+  const auto g = rows_ok ? grad_output : grad_output.contiguous();
+  const int64_t B = g.size(0), C = g.size(1), T2 = g.size(2), F = g.size(3), R = F * C, bs = g.stride(0);
   TORCH_CHECK(T / 2 == T2 && code.numel() == B * T2 * R, "pool_relu_backward: shapes do not match");
   auto grad = at::empty({B, C, T, F}, g.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* gp = g.const_data_ptr<float>();
@@ -132,9 +207,9 @@ at::Tensor pool_relu_backward(const at::Tensor& grad_output, const at::Tensor& c
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / T2, t2 = r % T2;
       for (int64_t c = 0; c < C; ++c)  // grad[b, c, t2, :] -> (F, C) row
-        for (int64_t f = 0; f < F; ++f) row[f * C + c] = gp[((b * C + c) * T2 + t2) * F + f];
+        for (int64_t f = 0; f < F; ++f) row[f * C + c] = gp[b * bs + (c * T2 + t2) * F + f];
       float* a = ip + (b * T + 2 * t2) * R;
-      unpool_row(row.data(), cp + r * R, a, a + R, R);
+      unpool(avx, row.data(), cp + r * R, a, a + R, R);
     }
   });
   if (T % 2) {  // the last step of an odd T is not pooled: no gradient
@@ -170,16 +245,19 @@ void build_band(const float* w, const float* bias, int64_t C, int64_t k, int64_t
     for (int64_t c = 0; c < C; ++c) bias_row[f * C + c] = bias[c];
 }
 
-// The K inputs under time step t of window xb (T, F): rows t - k/2 .. t + k/2, zeros outside.
-inline void gather_in(const float* xb, int64_t T, int64_t F, int64_t k, int64_t t, float* in) {
+// The K inputs under time step t of window xb (T, F): rows t - k/2 .. t + k/2, which are
+// contiguous in xb; copied into buf with zero rows only at the window's edges.
+inline const float* inputs_at(const float* xb, int64_t T, int64_t F, int64_t k, int64_t t, float* buf) {
   const int64_t p = k / 2;
+  if (t - p >= 0 && t + p < T) return xb + (t - p) * F;
   for (int64_t i = 0; i < k; ++i) {
     const int64_t tt = t + i - p;
     if (tt < 0 || tt >= T)
-      std::fill_n(in + i * F, F, 0.0f);
+      std::fill_n(buf + i * F, F, 0.0f);
     else
-      std::copy_n(xb + tt * F, F, in + i * F);
+      std::copy_n(xb + tt * F, F, buf + i * F);
   }
+  return buf;
 }
 
 // The pre-activations of the even and the odd step of a pooled pair, (Rp) each:
@@ -217,10 +295,85 @@ HPS_CLONES void band_grad_rows(const float* __restrict__ in_e, const float* __re
   }
 }
 
+#ifdef HPS_AVX512
+// band_rows for NB register blocks of 16 outputs at j0: 2 * NB independent sums.
+template <int NB>
+HPS_TARGET_AVX512 inline void band_block(const float* in_e, const float* in_o, const float* band,
+                                         const float* bias_row, float* pre_e, float* pre_o, int64_t K, int64_t Rp,
+                                         int64_t j0) {
+  __m512 e[NB], o[NB];
+  for (int l = 0; l < NB; ++l) e[l] = o[l] = _mm512_loadu_ps(bias_row + j0 + 16 * l);
+  for (int64_t q = 0; q < K; ++q) {
+    const __m512 ve = _mm512_set1_ps(in_e[q]), vo = _mm512_set1_ps(in_o[q]);
+    const float* b = band + q * Rp + j0;
+    for (int l = 0; l < NB; ++l) {
+      const __m512 w = _mm512_loadu_ps(b + 16 * l);
+      e[l] = _mm512_fmadd_ps(ve, w, e[l]);
+      o[l] = _mm512_fmadd_ps(vo, w, o[l]);
+    }
+  }
+  for (int l = 0; l < NB; ++l) {
+    _mm512_storeu_ps(pre_e + j0 + 16 * l, e[l]);
+    _mm512_storeu_ps(pre_o + j0 + 16 * l, o[l]);
+  }
+}
+
+// As band_rows, over the R outputs only (up to 4 registers at a time), not the padding to Rp.
+HPS_TARGET_AVX512 void band_rows_avx512(const float* in_e, const float* in_o, const float* band,
+                                        const float* bias_row, float* pre_e, float* pre_o, int64_t K, int64_t R,
+                                        int64_t Rp) {
+  for (int64_t j0 = 0; j0 < R; j0 += 64) {
+    switch (std::min<int64_t>(4, (R - j0 + 15) / 16)) {
+      case 4: band_block<4>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
+      case 3: band_block<3>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
+      case 2: band_block<2>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
+      default: band_block<1>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
+    }
+  }
+}
+
+template <int NB>
+HPS_TARGET_AVX512 inline void band_grad_block(const float* in_e, const float* in_o, const float* g_e,
+                                              const float* g_o, float* gband, int64_t K, int64_t Rp, int64_t j0) {
+  __m512 ge[NB], go[NB];
+  for (int l = 0; l < NB; ++l) {
+    ge[l] = _mm512_loadu_ps(g_e + j0 + 16 * l);
+    go[l] = _mm512_loadu_ps(g_o + j0 + 16 * l);
+  }
+  for (int64_t q = 0; q < K; ++q) {
+    const __m512 ve = _mm512_set1_ps(in_e[q]), vo = _mm512_set1_ps(in_o[q]);
+    float* g = gband + q * Rp + j0;
+    for (int l = 0; l < NB; ++l) {
+      __m512 acc = _mm512_loadu_ps(g + 16 * l);
+      acc = _mm512_fmadd_ps(ve, ge[l], acc);
+      _mm512_storeu_ps(g + 16 * l, _mm512_fmadd_ps(vo, go[l], acc));
+    }
+  }
+}
+
+HPS_TARGET_AVX512 void band_grad_rows_avx512(const float* in_e, const float* in_o, const float* g_e,
+                                             const float* g_o, float* gband, int64_t K, int64_t R, int64_t Rp) {
+  for (int64_t j0 = 0; j0 < R; j0 += 64) {
+    switch (std::min<int64_t>(4, (R - j0 + 15) / 16)) {
+      case 4: band_grad_block<4>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
+      case 3: band_grad_block<3>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
+      case 2: band_grad_block<2>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
+      default: band_grad_block<1>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
+    }
+  }
+}
+#else
+inline void band_rows_avx512(const float*, const float*, const float*, const float*, float*, float*, int64_t,
+                             int64_t, int64_t) {}
+inline void band_grad_rows_avx512(const float*, const float*, const float*, const float*, float*, int64_t,
+                                  int64_t, int64_t) {}
+#endif
+
 // x (B, T, F); weight (C, 1, k, k); bias (C). Returns relu(maxpool_(2,1)(conv(x))) as (B, C, T/2, F)
 // channels-last, and the pool's code.
 std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, const at::Tensor& weight,
                                                    const at::Tensor& bias) {
+  const bool avx = use_avx512();
   check_float_cpu(input, "conv1_pool_relu");
   check_float_cpu(weight, "conv1_pool_relu weight");
   check_float_cpu(bias, "conv1_pool_relu bias");
@@ -243,10 +396,13 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, cons
     std::vector<float> in(2 * K), pre(2 * Rp);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / T2, t2 = r % T2;
-      gather_in(xp + b * T * F, T, F, k, 2 * t2, in.data());  // the even step's inputs
-      gather_in(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);  // the odd step's
-      band_rows(in.data(), in.data() + K, band.data(), bias_row.data(), pre.data(), pre.data() + Rp, K, Rp);
-      pool_relu_row(pre.data(), pre.data() + Rp, op + r * R, cp + r * R, R);
+      const float* in_e = inputs_at(xp + b * T * F, T, F, k, 2 * t2, in.data());  // the even step's inputs
+      const float* in_o = inputs_at(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);  // the odd step's
+      if (avx)
+        band_rows_avx512(in_e, in_o, band.data(), bias_row.data(), pre.data(), pre.data() + Rp, K, R, Rp);
+      else
+        band_rows(in_e, in_o, band.data(), bias_row.data(), pre.data(), pre.data() + Rp, K, Rp);
+      pool_row(avx, pre.data(), pre.data() + Rp, op + r * R, cp + r * R, R);
     }
   });
   return {out, code};
@@ -255,6 +411,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, cons
 // Gradients of conv1_pool_relu's weight (C, 1, k, k) and bias (C); x needs none (it is data).
 std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& grad_output, const at::Tensor& code,
                                                             const at::Tensor& input, int64_t k) {
+  const bool avx = use_avx512();
   check_float_cpu(grad_output, "conv1_pool_relu_backward");
   const auto g = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
   const auto x = input.contiguous();
@@ -275,11 +432,14 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
       for (int64_t b = chunk * kChunk; b < std::min(B, (chunk + 1) * kChunk); ++b) {
         for (int64_t t2 = 0; t2 < T2; ++t2) {
           const int64_t r = b * T2 + t2;
-          unpool_row(gp + r * R, cp + r * R, grow.data(), grow.data() + Rp, R);
+          unpool(avx, gp + r * R, cp + r * R, grow.data(), grow.data() + Rp, R);
           for (int64_t j = 0; j < R; ++j) gbias[j] += grow[j] + grow[Rp + j];
-          gather_in(xp + b * T * F, T, F, k, 2 * t2, in.data());
-          gather_in(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);
-          band_grad_rows(in.data(), in.data() + K, grow.data(), grow.data() + Rp, gband, K, Rp);
+          const float* in_e = inputs_at(xp + b * T * F, T, F, k, 2 * t2, in.data());
+          const float* in_o = inputs_at(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);
+          if (avx)
+            band_grad_rows_avx512(in_e, in_o, grow.data(), grow.data() + Rp, gband, K, R, Rp);
+          else
+            band_grad_rows(in_e, in_o, grow.data(), grow.data() + Rp, gband, K, Rp);
         }
       }
     }
@@ -300,9 +460,43 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
   return {grad_weight, grad_bias};
 }
 
+// ------------------------------------------------------------------ the whole feature block
+//
+// conv1 + pool + ReLU, conv2 (torch's convolution: oneDNN on channels-last), pool + ReLU, as one
+// op each way, so that a training step crosses from Python into C++ once for the block, not once
+// per layer. Returns the block's output (B, C2, T/4, F) in the default layout, and what the
+// backward needs: conv2's input and the two pools' codes.
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features(const at::Tensor& x, const at::Tensor& w1,
+                                                                    const at::Tensor& b1, const at::Tensor& w2,
+                                                                    const at::Tensor& b2) {
+  auto [a1, code1] = conv1_pool_relu(x, w1, b1);
+  const int64_t p = w2.size(2) / 2;
+  auto z2 = at::convolution(a1, w2, b2, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
+  auto [out, code2] = pool_relu(z2);
+  return {out, a1, code1, code2};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& a1, const at::Tensor& code1,
+    const at::Tensor& code2, const at::Tensor& w1, const at::Tensor& w2) {
+  const auto gz2 = pool_relu_backward(grad, code2, a1.size(2));
+  const int64_t p = w2.size(2) / 2;
+  auto [ga1, gw2, gb2] = at::convolution_backward(gz2, a1, w2, at::IntArrayRef{w2.size(0)}, {1, 1}, {p, p},
+                                                  {1, 1}, false, {0, 0}, 1, {true, true, true});
+  auto [gw1, gb1] = conv1_pool_relu_backward(ga1, code1, x, w1.size(2));
+  return {gw1, gb1, gw2, gb2};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(hpsearch, m) {
+  m.def("features(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> (Tensor, Tensor, Tensor, Tensor)",
+        features);
+  m.def(
+      "features_backward(Tensor grad, Tensor x, Tensor a1, Tensor code1, Tensor code2, Tensor w1, Tensor w2) -> "
+      "(Tensor, Tensor, Tensor, Tensor)",
+      features_backward);
   m.def("pool_relu(Tensor x) -> (Tensor, Tensor)", pool_relu);
   m.def("pool_relu_backward(Tensor grad, Tensor code, int T) -> Tensor", pool_relu_backward);
   m.def("conv1_pool_relu(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)", conv1_pool_relu);

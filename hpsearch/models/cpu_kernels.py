@@ -1,24 +1,34 @@
 """The CNN's fused CPU kernels (cnn2d_cpu.cpp): built once per machine, loaded once per process.
 
-torch's JIT extension loader compiles the C++ file with the machine's compiler and ninja (the
-`ninja` wheel is a dependency) into its cache (~/.cache/torch_extensions, or TORCH_EXTENSIONS_DIR);
-the first build takes ~10 s, later processes load it in ~1 s. Where it cannot be built (no
-compiler, a torch without headers) or HPSEARCH_CPU_KERNELS=0 is set, `ops()` returns None and the
-CNN runs the same computation with torch's own modules, once, with a warning saying why.
+torch's JIT extension loader compiles the C++ file with the machine's C++ compiler and ninja (the
+`ninja` wheel is a dependency) into `<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/
+hpsearch-<python>-torch<version>/`; the build takes ~6-10 s, later processes load it in ~1 s.
+`hpsearch run` and `hpsearch train` build it before the first trial (`prepare`), so that no
+trial's time includes it and parallel workers find it built. Where it cannot be built (no
+compiler, a torch without headers) or HPSEARCH_CPU_KERNELS=0 is set, `ops()` returns None and
+the CNN runs the same computation with torch's own modules; the reason is logged once and
+recorded with each trial (`status()`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).with_name("cnn2d_cpu.cpp")
+NAME = "hpsearch_cnn2d_cpu"
 ENV = "HPSEARCH_CPU_KERNELS"  # "0": never build or use them
+# Set by prepare() when the build failed, so that worker processes skip it and report why.
+ENV_UNAVAILABLE = "HPSEARCH_CPU_KERNELS_UNAVAILABLE"
 
+log = logging.getLogger("hpsearch")
 _state: dict[str, object] = {}  # "ops": the loaded namespace or None; "why": the reason it is None
 
 
@@ -27,17 +37,18 @@ def enabled() -> bool:
 
 
 def ops():
-    """torch.ops.hpsearch with the fused kernels, or None (not built, not buildable, disabled)."""
+    """torch.ops.hpsearch with the fused kernels, or None (disabled, not buildable here)."""
     if not enabled():
         return None
     if "ops" not in _state:
-        _state["ops"], _state["why"] = _load()
-        if _state["ops"] is None:
-            warnings.warn(
-                f"hpsearch: fused CPU kernels unavailable ({_state['why']}); the CNN runs torch's "
-                f"modules instead (same results, slower). Set {ENV}=0 to skip the build.",
-                RuntimeWarning,
-                stacklevel=3,
+        why = os.environ.get(ENV_UNAVAILABLE)
+        _state["ops"], _state["why"] = (None, why) if why else _load()
+        if _state["ops"] is None and not why:  # a parent that prepared has said it already
+            log.warning(
+                "hpsearch: fused CPU kernels unavailable (%s); the CNN runs torch's modules instead "
+                "(same results, slower). %s=0 skips the build.",
+                _state["why"],
+                ENV,
             )
     return _state["ops"]
 
@@ -51,7 +62,64 @@ def status() -> str:
     return "fused" if _state["ops"] is not None else f"unavailable: {_state['why']}"
 
 
+def prepare(console=None) -> None:
+    """Build or load the kernels now, saying so when a build is due; where they cannot be built,
+    tell child processes (parallel workers) not to try again."""
+    if not enabled() or "ops" in _state:
+        return
+    so = build_dir() / f"{NAME}.so"
+    if console is not None and (not so.exists() or so.stat().st_mtime < SOURCE.stat().st_mtime):
+        console.print(f"building hpsearch's CPU kernels into {build_dir()} (once per machine, ~10 s)")
+    if ops() is None:
+        os.environ[ENV_UNAVAILABLE] = str(_state["why"])
+
+
+def build_dir() -> Path:
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    tag = re.sub(
+        r"[^A-Za-z0-9_.]", "_", f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
+    )
+    return Path(base) / f"hpsearch-{tag}"
+
+
+def _compiler() -> str | None:
+    name = os.environ.get("CXX", "c++")
+    return shutil.which(name)
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """Serialize hpsearch's builds with an OS lock, which dies with its process. torch's own lock
+    is a file that a build killed mid-way leaves behind, and every later build then waits on it
+    forever; under this lock no other build runs, so such a file is stale and is removed."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock alone
+        yield
+        return
+    with open(folder / "hpsearch.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = folder / "lock"
+            if stale.exists():
+                log.warning("hpsearch: removing %s, left by a build that was killed", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _reason(exc: Exception) -> str:
+    """One readable line: a build failure's message ends with the compiler's error, not its start."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if re.search(r"error|not found|No such file|FAILED", line)]
+    text = (useful[-1] if useful else lines[-1] if lines else "") or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
 def _load():
+    if _compiler() is None:
+        return None, f"no C++ compiler: '{os.environ.get('CXX', 'c++')}' not found (set CXX to one)"
     try:
         from torch.utils import cpp_extension
 
@@ -68,15 +136,18 @@ def _load():
         flags = ["-O3"]
         if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
             flags.append("-fopenmp")
-        cpp_extension.load(
-            name="hpsearch_cnn2d_cpu",
-            sources=[str(SOURCE)],
-            extra_cflags=flags,
-            extra_ldflags=flags[1:],
-            is_python_module=False,
-            verbose=False,
-        )
+        folder = build_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        with _build_lock(folder):
+            cpp_extension.load(
+                name=NAME,
+                sources=[str(SOURCE)],
+                extra_cflags=flags,
+                extra_ldflags=flags[1:],
+                build_directory=str(folder),
+                is_python_module=False,
+                verbose=False,
+            )
         return torch.ops.hpsearch, ""
     except Exception as exc:  # any failure to build or load means: use torch's modules
-        first = str(exc).strip().splitlines()
-        return None, f"{type(exc).__name__}: {first[0] if first else ''}"[:300]
+        return None, _reason(exc)
