@@ -139,7 +139,12 @@ class Cnn2d(nn.Module):
             z = z.flatten(1)  # (B, c2 * T/4 * F): the reference's order, a view
             if self.embedding is not None:
                 z = torch.cat([z, self.embedding(ticker)], dim=1)  # (B, flat + ticker_dim)
-            return self.head(z)  # (B, W)
+            dropout, *layers = self.head
+            if dropout.p > 0 and self.training:  # p = 0 would still cost a pass
+                z = nn.functional.dropout(z, dropout.p, training=True)
+            for layer in layers:
+                z = layer(z)
+            return z  # (B, W)
         z = self.features(x.unsqueeze(1))  # (B, T, F) -> (B, 1, T, F) -> (B, c2, T/4, F)
         B, c2, T4, F = z.shape
         # Flattened in (T/4, F, c2) order, a view of the channels-last memory; the reference
