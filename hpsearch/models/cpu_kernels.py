@@ -2,7 +2,8 @@
 
 torch's JIT extension loader compiles the C++ file with the machine's C++ compiler and ninja (the
 `ninja` wheel is a dependency) into `<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/
-hpsearch-<python>-torch<version>/`; the build takes ~6-10 s, later processes load it in ~1 s.
+hpsearch-py<python>_torch<version>/` (e.g. hpsearch-py311_torch2.13.0_cpu); the build takes
+~6-10 s, later processes load it in ~1 s.
 `hpsearch run` and `hpsearch train` build it before the first trial (`prepare`), so that no
 trial's time includes it and parallel workers find it built. Where it cannot be built (no
 compiler, a torch without headers) or HPSEARCH_CPU_KERNELS=0 is set, `ops()` returns None and
@@ -68,7 +69,8 @@ def prepare(console=None) -> None:
     if not enabled() or "ops" in _state:
         return
     so = build_dir() / f"{NAME}.so"
-    if console is not None and (not so.exists() or so.stat().st_mtime < SOURCE.stat().st_mtime):
+    due = not so.exists() or so.stat().st_mtime < SOURCE.stat().st_mtime
+    if console is not None and due and _compiler() is not None:  # else ops() says why in one line
         console.print(f"building hpsearch's CPU kernels into {build_dir()} (once per machine, ~10 s)")
     if ops() is None:
         os.environ[ENV_UNAVAILABLE] = str(_state["why"])
