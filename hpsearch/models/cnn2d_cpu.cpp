@@ -1,12 +1,15 @@
-// CPU kernels of the CNN's pooled blocks, fused: each reads its input once and writes its output
-// once, forward and backward. Built on first use by hpsearch/models/cpu_kernels.py (torch's JIT
-// extension loader); the model falls back to nn.Conv2d + MaxPool2d + ReLU where it cannot be built.
+// CPU kernels of the CNN's feature block, fused: conv1 + max-pool + ReLU in one pass over the
+// window, oneDNN's conv2 (at::convolution), max-pool + ReLU in one pass; one op forward
+// (`features`) and one backward (`features_backward`), so a training step crosses from Python into
+// C++ once for the block. Built on first use by hpsearch/models/cpu_kernels.py (torch's JIT
+// extension loader); the model runs nn.Conv2d + MaxPool2d + ReLU where it cannot be built.
 //
 // Why hand-written: at the CNN's sizes (8-16 channels, 6 features, batch 64) torch's CPU
 // MaxPool2d forward and backward each make a full pass over the activations plus a zero fill and
 // int64 indices, and the one-channel first convolution is a tiny product that oneDNN runs far
-// below matmul speed; together they were ~40 % of a training step (scripts/bench.py). Nothing in
-// torch fuses them on CPU (torch.compile measured slower here).
+// below matmul speed; with the per-layer overhead they were ~40 % of a training step
+// (scripts/bench.py: this block is 1.3-1.4x the module path's epoch). Nothing in torch fuses them
+// on CPU (torch.compile measured 0.5x here).
 //
 // Layouts: activations (B, C, T, F) in channels-last memory, i.e. rows (B, T, F * C).
 // Semantics are exactly MaxPool2d((2, 1)) then ReLU: the earlier time step wins a tie, a NaN wins
@@ -34,8 +37,9 @@
 #define HPS_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #endif
 
-// Each hot loop is compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the CPU
-// (gcc's function multi-versioning), so the cached build runs on any x86-64 machine at its width.
+// The generic loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the
+// CPU (gcc's function multi-versioning), so the cached build runs on any x86-64 machine at its
+// width; the hottest rows also have AVX-512 intrinsics versions (HPS_AVX512, chosen at run time).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define HPS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
