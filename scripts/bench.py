@@ -527,7 +527,12 @@ def section_cnn(b: Bench, prep) -> None:
             "head reads the reference's order [generic loops]",
             "modules",
         ),
-        ("hpsearch", "lever kept: the same kernels' rows in AVX-512 where the CPU has it", "generic"),
+        (
+            "hpsearch",
+            "lever kept: the same kernels in AVX-512 where the CPU has it: the rows, and conv2's "
+            "forward as a direct convolution fused with its pool (never stored)",
+            "generic",
+        ),
         ("conv1_matmul", "lever NOT kept: conv1 as k*k shifted copies @ (k*k, c1) matrix", "layout"),
     ]
     for key, what, prev in chain:

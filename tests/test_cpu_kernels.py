@@ -197,3 +197,25 @@ def test_pool_backward_reads_a_gradient_sliced_from_a_wider_one(ops):
     torch.testing.assert_close(
         ops.pool_relu_backward(g, code, 10), ops.pool_relu_backward(g.contiguous(), code, 10), rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize(
+    ("c1", "c2", "k", "T", "F"),
+    [(8, 16, 3, 96, 6), (4, 17, 3, 21, 5), (3, 40, 5, 16, 7), (2, 3, 3, 9, 1), (16, 8, 1, 8, 4)],
+)
+def test_the_feature_block_equals_the_modules(ops, c1, c2, k, T, F):
+    # On an AVX-512 CPU conv2 runs as hpsearch's direct convolution fused with its pool (channel
+    # counts that do not fill a register, pixels that do not fill a block of 4); elsewhere oneDNN's.
+    torch.manual_seed(0)
+    conv1, conv2 = nn.Conv2d(1, c1, k, padding=k // 2), nn.Conv2d(c1, c2, k, padding=k // 2)
+    x = torch.randn(6, T, F)
+    params = [p.detach() for p in (conv1.weight, conv1.bias, conv2.weight, conv2.bias)]
+    out, a1, code1, code2 = ops.features(x, *params)
+    ref = pool_relu_reference(conv2(pool_relu_reference(conv1(x.unsqueeze(1)))))
+    assert out.shape == ref.shape == (6, c2, T // 4, F) and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    grads = ops.features_backward(g, x, a1, code1, code2, params[0], params[2])
+    for got, p in zip(grads, (conv1.weight, conv1.bias, conv2.weight, conv2.bias), strict=True):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 // CPU kernels of the CNN's feature block, fused: conv1 + max-pool + ReLU in one pass over the
-// window, oneDNN's conv2 (at::convolution), max-pool + ReLU in one pass; one op forward
+// window; conv2 + max-pool + ReLU, conv2 summed in registers and never stored on AVX-512 CPUs
+// (oneDNN's convolution then a pool pass elsewhere; its backward is oneDNN's); one op forward
 // (`features`) and one backward (`features_backward`), so a training step crosses from Python into
 // C++ once for the block. Built on first use by hpsearch/models/cpu_kernels.py (torch's JIT
 // extension loader); the model runs nn.Conv2d + MaxPool2d + ReLU where it cannot be built.
@@ -464,10 +465,102 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
   return {grad_weight, grad_bias};
 }
 
+// ------------------------------------------------------- conv2 + pool + ReLU (AVX-512 only)
+//
+// A direct k x k convolution, C1 -> C2 channels, fused with the pool and ReLU that follow it, so
+// that its output is never written: each pair of output rows is summed in registers (16 output
+// channels per register, up to 4 pixels x 2 rows side by side), pooled, and stored as pool_relu
+// stores it. Where the CPU lacks AVX-512, features() uses oneDNN's convolution and pool_relu.
+#ifdef HPS_AVX512
+template <int FB>
+HPS_TARGET_AVX512 inline void conv2_block(const float* pad, int64_t Fp, int64_t C1, const float* wt, int64_t C2p,
+                                          int64_t k, int64_t t, int64_t f0, int64_t cb, __m512 bias,
+                                          float* pre_e, float* pre_o, int64_t C2, __mmask16 m) {
+  __m512 acc[2][FB];
+  for (int r = 0; r < 2; ++r)
+    for (int u = 0; u < FB; ++u) acc[r][u] = bias;
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const float* w = wt + (i * k + j) * C1 * C2p + cb * 16;
+      const float* x0 = pad + ((t + i) * Fp + f0 + j) * C1;  // row t + i of the padded input
+      const float* x1 = x0 + Fp * C1;  // row t + 1 + i
+      for (int64_t ci = 0; ci < C1; ++ci) {
+        const __m512 wv = _mm512_loadu_ps(w + ci * C2p);
+        for (int u = 0; u < FB; ++u) {
+          acc[0][u] = _mm512_fmadd_ps(_mm512_set1_ps(x0[u * C1 + ci]), wv, acc[0][u]);
+          acc[1][u] = _mm512_fmadd_ps(_mm512_set1_ps(x1[u * C1 + ci]), wv, acc[1][u]);
+        }
+      }
+    }
+  for (int u = 0; u < FB; ++u) {
+    _mm512_mask_storeu_ps(pre_e + (f0 + u) * C2 + cb * 16, m, acc[0][u]);
+    _mm512_mask_storeu_ps(pre_o + (f0 + u) * C2 + cb * 16, m, acc[1][u]);
+  }
+}
+
+// One window: xb (T, F, C1) -> out (C2, T/2, F) and code (T/2, F * C2).
+HPS_TARGET_AVX512 void conv2_window(const float* xb, const float* wt, const float* bias, float* pad, float* pre,
+                                    float* row, float* out, uint8_t* code, int64_t T, int64_t F, int64_t C1,
+                                    int64_t C2, int64_t k) {
+  const int64_t p = k / 2, T2 = T / 2, R = F * C2, C2p = (C2 + 15) / 16 * 16, Fp = F + 2 * p;
+  for (int64_t t = 0; t < T; ++t)  // the window's rows into the padded buffer (borders stay 0)
+    std::copy_n(xb + t * F * C1, F * C1, pad + ((t + p) * Fp + p) * C1);
+  for (int64_t t2 = 0; t2 < T2; ++t2) {
+    for (int64_t cb = 0; cb * 16 < C2; ++cb) {
+      const __mmask16 m = lanes(C2 - cb * 16);
+      const __m512 bv = _mm512_loadu_ps(bias + cb * 16);
+      for (int64_t f0 = 0; f0 < F; f0 += 4) {
+        switch (std::min<int64_t>(4, F - f0)) {
+          case 4: conv2_block<4>(pad, Fp, C1, wt, C2p, k, 2 * t2, f0, cb, bv, pre, pre + R, C2, m); break;
+          case 3: conv2_block<3>(pad, Fp, C1, wt, C2p, k, 2 * t2, f0, cb, bv, pre, pre + R, C2, m); break;
+          case 2: conv2_block<2>(pad, Fp, C1, wt, C2p, k, 2 * t2, f0, cb, bv, pre, pre + R, C2, m); break;
+          default: conv2_block<1>(pad, Fp, C1, wt, C2p, k, 2 * t2, f0, cb, bv, pre, pre + R, C2, m); break;
+        }
+      }
+    }
+    pool_relu_row_avx512(pre, pre + R, row, code + t2 * R, R);
+    for (int64_t c = 0; c < C2; ++c)  // (F, C2) row -> out[c, t2, :]
+      for (int64_t f = 0; f < F; ++f) out[(c * T2 + t2) * F + f] = row[f * C2 + c];
+  }
+}
+
+// a1 (B, C1, T, F) channels-last; w2 (C2, C1, k, k); b2 (C2). Returns what pool_relu(conv2d(a1))
+// returns: (B, C2, T/2, F) in the default layout, and the code (B, T/2, F * C2).
+std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_avx512(const at::Tensor& a1, const at::Tensor& w2,
+                                                          const at::Tensor& b2) {
+  const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C1 = x.size(1), T = x.size(2), F = x.size(3);
+  const int64_t C2 = w2.size(0), k = w2.size(2), p = k / 2, T2 = T / 2, R = F * C2;
+  const int64_t C2p = (C2 + 15) / 16 * 16, Tp = T + 2 * p, Fp = F + 2 * p;
+  // Weight as (k, k, C1, C2p), zeros in the padded channels; bias as (C2p).
+  std::vector<float> wt(k * k * C1 * C2p, 0.0f), bias(C2p, 0.0f);
+  const auto wc = w2.contiguous();
+  const float* wp = wc.const_data_ptr<float>();
+  for (int64_t co = 0; co < C2; ++co)
+    for (int64_t ci = 0; ci < C1; ++ci)
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < k; ++j) wt[((i * k + j) * C1 + ci) * C2p + co] = wp[((co * C1 + ci) * k + i) * k + j];
+  const auto bc = b2.contiguous();
+  std::copy_n(bc.const_data_ptr<float>(), C2, bias.data());
+  auto out = at::empty({B, C2, T2, F}, x.options());
+  auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  uint8_t* cp = code.mutable_data_ptr<uint8_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(Tp * Fp * C1, 0.0f), pre(2 * R), row(R);  // borders stay 0
+    for (int64_t b = begin; b < end; ++b)
+      conv2_window(xp + b * T * F * C1, wt.data(), bias.data(), pad.data(), pre.data(), row.data(),
+                   op + b * C2 * T2 * F, cp + b * T2 * R, T, F, C1, C2, k);
+  });
+  return {out, code};
+}
+#endif
+
 // ------------------------------------------------------------------ the whole feature block
 //
-// conv1 + pool + ReLU, conv2 (torch's convolution: oneDNN on channels-last), pool + ReLU, as one
-// op each way, so that a training step crosses from Python into C++ once for the block, not once
+// conv1 + pool + ReLU, conv2 + pool + ReLU (see conv2_pool_relu_avx512; oneDNN's convolution on
+// channels-last where the CPU lacks AVX-512, and for conv2's backward everywhere), as one op each way, so that a training step crosses from Python into C++ once for the block, not once
 // per layer. Returns the block's output (B, C2, T/4, F) in the default layout, and what the
 // backward needs: conv2's input and the two pools' codes.
 
@@ -475,6 +568,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features(const at::Te
                                                                     const at::Tensor& b1, const at::Tensor& w2,
                                                                     const at::Tensor& b2) {
   auto [a1, code1] = conv1_pool_relu(x, w1, b1);
+#ifdef HPS_AVX512
+  if (use_avx512()) {
+    auto [out, code2] = conv2_pool_relu_avx512(a1, w2.contiguous(), b2);
+    return {out, a1, code1, code2};
+  }
+#endif
   const int64_t p = w2.size(2) / 2;
   auto z2 = at::convolution(a1, w2, b2, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
   auto [out, code2] = pool_relu(z2);
