@@ -296,7 +296,7 @@ def run_final(
             f"best {ep.best_valid:.6g} (epoch {ep.best_epoch})  {ep.seconds:.1f}s"
         )
 
-    if cfg.model_family == "cnn2d" and dev.type == "cpu":
+    if cpu_kernels.used_by(cfg.model_family, dev):
         cpu_kernels.prepare(console)  # built before training, not inside its first epoch
     console.print(f"training {cfg.name} ({cfg.model_family}, seed {cfg.seed}) on {dev}")
     started = time.time()

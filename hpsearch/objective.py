@@ -73,7 +73,7 @@ class Objective:
         seed_everything(seed)
         data = self.data.for_window(run.data.output_window)
         model = build_model(run.model_family, run.model, data.spec)
-        if run.model_family == "cnn2d" and data.x.device.type == "cpu":
+        if cpu_kernels.used_by(run.model_family, data.x.device):
             cpu_kernels.ops()  # loaded (or found unavailable) now, so that the record is true
             trial.set_user_attr("cpu_kernels", cpu_kernels.status())  # fused kernels or torch's modules
 

@@ -2,7 +2,7 @@
 
 - `ReferenceCnn2d`: the reference lab's CNN layer by layer (Conv2d, ReLU, MaxPool2d((2, 1)), twice,
   in the default memory layout), with the parameters and state_dict keys of `models.Cnn2d`, so
-  one set of weights runs in both;
+  one set of weights runs in both (`twins` builds such a pair);
 - `WindowDataset`: a torch Dataset whose `__getitem__` slices one window, and `loader`, a
   DataLoader over it at batch 64: how the reference lab fed its model;
 - `reference_epoch` and `reference_valid_loss`: the loop written the obvious way, with torch's
@@ -43,6 +43,15 @@ class ReferenceCnn2d(Cnn2d):
         if self.embedding is not None:
             z = torch.cat([z, self.embedding(ticker)], dim=1)
         return self.head(z)
+
+
+def twins(cfg: Cnn2dConfig, spec: InputSpec, device: str = "cpu") -> tuple[Cnn2d, ReferenceCnn2d]:
+    """hpsearch's CNN (seeded) and the reference layers holding the same weights."""
+    torch.manual_seed(0)
+    fast = Cnn2d(cfg, spec).to(device)
+    ref = ReferenceCnn2d(cfg, spec).to(device)
+    ref.load_state_dict(fast.state_dict())  # strict: the same keys and shapes
+    return fast, ref
 
 
 class WindowDataset(Dataset):

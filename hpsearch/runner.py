@@ -229,11 +229,6 @@ def optimize(
         study.optimize(objective, callbacks=callbacks, gc_after_trial=False, catch=(Surplus,))
 
 
-def uses_cpu_kernels(cfg: StudyConfig, device: torch.device) -> bool:
-    """Whether the study can build a CNN that runs on CPU (the fused kernels' only user)."""
-    return device.type == "cpu" and "cnn2d" in {cfg.model_family, *cfg.family_models}
-
-
 def run_study(
     cfg: StudyConfig,
     storage_url: str,
@@ -261,7 +256,7 @@ def run_study(
         + (f" with {workers} workers" if workers > 1 else "")
     )
     if done < cfg.n_trials:
-        if uses_cpu_kernels(cfg, device):
+        if any(cpu_kernels.used_by(f, device) for f in {cfg.model_family, *cfg.family_models}):
             cpu_kernels.prepare(console)  # before any trial, and before workers start
         if workers > 1:
             from hpsearch.parallel import run_workers

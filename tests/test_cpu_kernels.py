@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from hpsearch.models import InputSpec, cpu_kernels
-from hpsearch.models.cnn2d import Cnn2d, Cnn2dConfig
-from hpsearch.reference import ReferenceCnn2d
+from hpsearch.models.cnn2d import Cnn2dConfig
+from hpsearch.reference import twins
 
 CL = torch.channels_last
 
@@ -102,16 +102,9 @@ def test_the_weight_gradient_does_not_depend_on_the_thread_count(ops):
         assert torch.equal(gw, results[0][0]) and torch.equal(gb, results[0][1])
 
 
-def cnn_pair(cfg: Cnn2dConfig, spec: InputSpec) -> tuple[Cnn2d, ReferenceCnn2d]:
-    torch.manual_seed(0)
-    fast, ref = Cnn2d(cfg, spec), ReferenceCnn2d(cfg, spec)
-    ref.load_state_dict(fast.state_dict())
-    return fast, ref
-
-
 def test_the_cnn_uses_the_kernels_and_the_reference_order_for_its_head(ops):
     spec = InputSpec(seq_len=96, n_features=6, output_window=1, n_tickers=3, ticker_embedding=True)
-    fast, ref = cnn_pair(Cnn2dConfig(dropout=0.5), spec)
+    fast, ref = twins(Cnn2dConfig(dropout=0.5), spec)
     x, tk = torch.randn(32, 96, 6), torch.randint(0, 3, (32,))
     assert fast._fused(x) and not fast._fused(x.clone().requires_grad_()) and not fast._fused(x.double())
     # The fused path flattens in the reference's order, so even dropout draws the same mask.
@@ -123,7 +116,7 @@ def test_the_cnn_uses_the_kernels_and_the_reference_order_for_its_head(ops):
 
 def test_disabled_kernels_give_the_same_model(ops, monkeypatch):
     spec = InputSpec(seq_len=30, n_features=5, output_window=3, n_tickers=2, ticker_embedding=True)
-    fast, _ = cnn_pair(Cnn2dConfig(c1=5, c2=7), spec)
+    fast, _ = twins(Cnn2dConfig(c1=5, c2=7), spec)
     x, tk = torch.randn(16, 30, 5), torch.randint(0, 2, (16,))
     fused = fast(x, tk)
     monkeypatch.setenv(cpu_kernels.ENV, "0")
@@ -135,7 +128,7 @@ def test_kernels_that_cannot_be_built_warn_once_and_the_cnn_still_runs(monkeypat
     monkeypatch.setattr(cpu_kernels, "_state", {})
     monkeypatch.setattr(cpu_kernels, "_load", lambda: (None, "RuntimeError: c++: not found"))
     spec = InputSpec(seq_len=16, n_features=3, output_window=1, n_tickers=2, ticker_embedding=False)
-    fast, ref = cnn_pair(Cnn2dConfig(c1=2, c2=3), spec)
+    fast, ref = twins(Cnn2dConfig(c1=2, c2=3), spec)
     x, tk = torch.randn(4, 16, 3), torch.zeros(4, dtype=torch.long)
     with caplog.at_level(logging.WARNING, logger="hpsearch"):
         out = fast(x, tk)

@@ -14,7 +14,7 @@ from torch.utils.data import default_collate
 from hpsearch.config import TrainConfig
 from hpsearch.models import InputSpec, build_model, cpu_kernels
 from hpsearch.models.cnn2d import Cnn2d, Cnn2dConfig, OneChannelConv2d
-from hpsearch.reference import ReferenceCnn2d, WindowDataset, loader
+from hpsearch.reference import WindowDataset, loader, twins
 from hpsearch.runner import prepare
 from hpsearch.train import eval_batch, make_optimizer, predict, resolve_device
 
@@ -28,14 +28,6 @@ def cnn_path(request, monkeypatch):
     if request.param == "modules":
         monkeypatch.setenv(cpu_kernels.ENV, "0")
     return request.param
-
-
-def twins(cfg: Cnn2dConfig, spec: InputSpec, device: str) -> tuple[Cnn2d, ReferenceCnn2d]:
-    torch.manual_seed(0)
-    fast = Cnn2d(cfg, spec).to(device)
-    ref = ReferenceCnn2d(cfg, spec).to(device)
-    ref.load_state_dict(fast.state_dict())  # strict: the same keys and shapes
-    return fast, ref
 
 
 @pytest.mark.parametrize("device", DEVICES)

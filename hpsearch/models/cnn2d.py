@@ -133,33 +133,31 @@ class Cnn2d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, ticker: torch.Tensor) -> torch.Tensor:
+        dropout, first, *rest = self.head
+        w = first.weight  # (out, c2 * T/4 * F [+ ticker_dim]): columns in the reference's order
         if self._fused(x):
             conv1, _, _, conv2, _, _ = self.features
             z = _Features.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias)  # (B, c2, T/4, F)
             z = z.flatten(1)  # (B, c2 * T/4 * F): the reference's order, a view
-            if self.embedding is not None:
-                z = torch.cat([z, self.embedding(ticker)], dim=1)  # (B, flat + ticker_dim)
-            dropout, *layers = self.head
-            if dropout.p > 0 and self.training:  # p = 0 would still cost a pass
-                z = nn.functional.dropout(z, dropout.p, training=True)
-            for layer in layers:
-                z = layer(z)
-            return z  # (B, W)
-        z = self.features(x.unsqueeze(1))  # (B, T, F) -> (B, 1, T, F) -> (B, c2, T/4, F)
-        B, c2, T4, F = z.shape
-        # Flattened in (T/4, F, c2) order, a view of the channels-last memory; the reference
-        # flattens in (c2, T/4, F) order, so the first head layer reads its weight's columns in
-        # that order instead (a 32 x 2,300 reshuffle, not a copy of every window's activations,
-        # and the gradient then reaches the pool in its own layout). Same products, same sums. A
-        # dropout before it masks the same distribution of elements, not the same elements.
-        z = z.permute(0, 2, 3, 1).reshape(B, -1)  # (B, T/4 * F * c2)
+        else:
+            z = self.features(x.unsqueeze(1))  # (B, T, F) -> (B, 1, T, F) -> (B, c2, T/4, F)
+            B, c2, T4, F = z.shape
+            # Flattened in (T/4, F, c2) order, a view of the channels-last memory; the reference
+            # flattens in (c2, T/4, F) order, so the first head layer reads its weight's columns
+            # in that order instead (a 32 x 2,300 reshuffle, not a copy of every window's
+            # activations, and the gradient then reaches the pool in its own layout). Same
+            # products, same sums. A dropout before it masks the same distribution of elements,
+            # not the same elements.
+            z = z.permute(0, 2, 3, 1).reshape(B, -1)  # (B, T/4 * F * c2)
+            flat = c2 * T4 * F
+            w = torch.cat(
+                [w[:, :flat].reshape(-1, c2, T4, F).permute(0, 2, 3, 1).reshape(-1, flat), w[:, flat:]], 1
+            )
         if self.embedding is not None:
             z = torch.cat([z, self.embedding(ticker)], dim=1)  # (B, flat + ticker_dim)
-        dropout, first, *rest = self.head
-        w = first.weight  # (out, c2 * T/4 * F [+ ticker_dim]): columns in the reference's order
-        flat = c2 * T4 * F
-        w_time_major = w[:, :flat].reshape(-1, c2, T4, F).permute(0, 2, 3, 1).reshape(-1, flat)
-        z = nn.functional.linear(dropout(z), torch.cat([w_time_major, w[:, flat:]], dim=1), first.bias)
+        if dropout.p > 0 and self.training:  # p = 0 would still cost a pass
+            z = nn.functional.dropout(z, dropout.p, training=True)
+        z = nn.functional.linear(z, w, first.bias)
         for layer in rest:
             z = layer(z)
         return z  # (B, W)

@@ -33,6 +33,11 @@ log = logging.getLogger("hpsearch")
 _state: dict[str, object] = {}  # "ops": the loaded namespace or None; "why": the reason it is None
 
 
+def used_by(family: str, device: torch.device) -> bool:
+    """Whether a model of this family on this device runs the kernels (a CNN on CPU)."""
+    return family == "cnn2d" and device.type == "cpu"
+
+
 def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
