@@ -490,6 +490,9 @@ def section_cnn(b: Bench, prep) -> None:
         "fused": gathered("ref", WindowData.gather, True),
         "layout": hpsearch_loop(64, fresh("layout")),
         "modules": with_env(hpsearch_loop(64), **{cpu_kernels.ENV: "0"}),
+        "onednn": with_env(
+            hpsearch_loop(64), HPSEARCH_CPU_KERNELS_GENERIC="1", HPSEARCH_CPU_KERNELS_ONEDNN="1"
+        ),
         "generic": with_env(hpsearch_loop(64), HPSEARCH_CPU_KERNELS_GENERIC="1"),
         "hpsearch": hpsearch_loop(64),
     }
@@ -509,6 +512,7 @@ def section_cnn(b: Bench, prep) -> None:
         ">= 2x",
         per["hpsearch"] >= 2 * per["reference"],
     )
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     chain = [
         ("gather", "lever kept: batches gathered from the row index (no Dataset, no collate)", "reference"),
         ("index_select", "lever kept: gather by index_select instead of advanced indexing", "gather"),
@@ -521,16 +525,23 @@ def section_cnn(b: Bench, prep) -> None:
             "layout",
         ),
         (
-            "generic",
+            "onednn",
             "lever kept: fused CPU kernels (C++, built on first use): the feature block as one op "
             "each way (conv1+max-pool+ReLU in one pass, oneDNN conv2, max-pool+ReLU in one pass); "
             "head reads the reference's order [generic loops]",
             "modules",
         ),
         (
+            "generic",
+            "lever kept: conv2 as hpsearch's direct convolution (8 floats) fused with its pool, forward "
+            "and backward, instead of oneDNN's [generic loops]",
+            "onednn",
+        ),
+        (
             "hpsearch",
-            "lever kept: the same kernels in AVX-512 where the CPU has it: the rows, and conv2's "
-            "forward as a direct convolution fused with its pool (never stored)",
+            "lever kept: AVX-512 code where the CPU has it: the rows, and conv2's forward at 16 floats "
+            "(its backward: oneDNN's)"
+            + ("" if avx512 else " [this CPU has no AVX-512: the same code as the row above]"),
             "generic",
         ),
         ("conv1_matmul", "lever NOT kept: conv1 as k*k shifted copies @ (k*k, c1) matrix", "layout"),

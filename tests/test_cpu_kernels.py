@@ -24,12 +24,15 @@ from hpsearch.reference import twins
 CL = torch.channels_last
 
 
-@pytest.fixture(params=["vector", "generic"])
+@pytest.fixture(params=["vector", "generic", "onednn"])
 def ops(request, monkeypatch):
-    """The kernels, each test run twice: with the AVX-512 rows where this CPU has them, and with
-    the generic loops that any other CPU runs (HPSEARCH_CPU_KERNELS_GENERIC=1)."""
+    """The kernels, each test run three ways: with the AVX-512 code where this CPU has it, with the
+    generic code that any other CPU runs (HPSEARCH_CPU_KERNELS_GENERIC=1: 8-float direct conv2),
+    and with oneDNN's conv2 (HPSEARCH_CPU_KERNELS_ONEDNN=1)."""
     if request.param == "generic":
         monkeypatch.setenv("HPSEARCH_CPU_KERNELS_GENERIC", "1")
+    if request.param == "onednn":
+        monkeypatch.setenv("HPSEARCH_CPU_KERNELS_ONEDNN", "1")
     found = cpu_kernels.ops()
     if found is None and not shutil.which(os.environ.get("CXX", "c++")):
         pytest.skip("no C++ compiler on this machine: the CNN runs torch's modules")
@@ -197,8 +200,9 @@ def test_pool_backward_reads_a_gradient_sliced_from_a_wider_one(ops):
     [(8, 16, 3, 96, 6), (4, 17, 3, 21, 5), (3, 40, 5, 16, 7), (2, 3, 3, 9, 1), (16, 8, 1, 8, 4)],
 )
 def test_the_feature_block_equals_the_modules(ops, c1, c2, k, T, F):
-    # On an AVX-512 CPU conv2 runs as hpsearch's direct convolution fused with its pool (channel
-    # counts that do not fill a register, pixels that do not fill a block of 4); elsewhere oneDNN's.
+    # conv2 runs as hpsearch's direct convolution fused with its pool (AVX-512: forward at 16
+    # floats, oneDNN's backward; elsewhere 8 floats both ways), or as oneDNN's: channel counts that
+    # do not fill a register, pixels that do not fill a block.
     torch.manual_seed(0)
     conv1, conv2 = nn.Conv2d(1, c1, k, padding=k // 2), nn.Conv2d(c1, c2, k, padding=k // 2)
     x = torch.randn(6, T, F)
@@ -212,3 +216,55 @@ def test_the_feature_block_equals_the_modules(ops, c1, c2, k, T, F):
     grads = ops.features_backward(g, x, a1, code1, code2, params[0], params[2])
     for got, p in zip(grads, (conv1.weight, conv1.bias, conv2.weight, conv2.bias), strict=True):
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("c1", "c2", "k", "T1", "F"),
+    [
+        (8, 16, 3, 48, 6),
+        (9, 17, 3, 11, 5),
+        (32, 64, 3, 8, 7),
+        (3, 40, 5, 13, 2),
+        (4, 9, 1, 6, 1),
+        (16, 8, 5, 7, 4),
+    ],
+)
+def test_direct_conv2_with_its_pool_equals_the_modules_both_ways(ops, c1, c2, k, T1, F):
+    # The 8-float kernels on any CPU: output-channel blocks of 16 and 8 with padding lanes, input
+    # channels past a register, pixel blocks of 1-6, an odd number of rows (its last unpooled).
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c1, c2, k, padding=k // 2)
+    a1 = torch.randn(11, c1, T1, F).contiguous(memory_format=CL).requires_grad_()
+    out, code = ops.conv2_pool_relu_direct(a1.detach(), conv.weight.detach(), conv.bias.detach())
+    ref = pool_relu_reference(conv(a1))
+    assert out.shape == ref.shape and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(code, ops.pool_relu(conv(a1).detach().contiguous(memory_format=CL))[1])
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    wide = torch.randn(11, g[0].numel() + 3)  # as the head hands it back: a slice of a wider gradient
+    wide[:, : g[0].numel()] = g.flatten(1)
+    sliced = wide[:, : g[0].numel()].view(g.shape)
+    ga1, gw, gb = ops.conv2_pool_relu_direct_backward(sliced, code, a1.detach(), conv.weight.detach())
+    assert ga1.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(ga1, a1.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, conv.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gb, conv.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_direct_conv2_gradients_do_not_depend_on_the_thread_count(ops):
+    torch.manual_seed(0)
+    a1 = torch.randn(70, 8, 48, 6).contiguous(memory_format=CL)
+    w, b = torch.randn(16, 8, 3, 3), torch.randn(16)
+    out, code = ops.conv2_pool_relu_direct(a1, w, b)
+    g = torch.randn_like(out)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(ops.conv2_pool_relu_direct_backward(g, code, a1, w))
+    finally:
+        torch.set_num_threads(threads)
+    for got in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(got, results[0], strict=True))

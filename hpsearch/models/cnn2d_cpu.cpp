@@ -1,16 +1,17 @@
 // CPU kernels of the CNN's feature block, fused: conv1 + max-pool + ReLU in one pass over the
-// window; conv2 + max-pool + ReLU, conv2 summed in registers and never stored on AVX-512 CPUs
-// (oneDNN's convolution then a pool pass elsewhere; its backward is oneDNN's); one op forward
-// (`features`) and one backward (`features_backward`), so a training step crosses from Python into
-// C++ once for the block. Built on first use by hpsearch/models/cpu_kernels.py (torch's JIT
-// extension loader); the model runs nn.Conv2d + MaxPool2d + ReLU where it cannot be built.
+// window; conv2 + max-pool + ReLU as a direct convolution summed in registers and never stored,
+// and its backward likewise (8-float vectors on any CPU; on AVX-512 CPUs the forward at 16 floats
+// and oneDNN's backward); one op forward (`features`) and one backward (`features_backward`), so a
+// training step crosses from Python into C++ once for the block. Built on first use by
+// hpsearch/models/cpu_kernels.py (torch's JIT extension loader); the model runs nn.Conv2d +
+// MaxPool2d + ReLU where it cannot be built.
 //
 // Why hand-written: at the CNN's sizes (8-16 channels, 6 features, batch 64) torch's CPU
 // MaxPool2d forward and backward each make a full pass over the activations plus a zero fill and
-// int64 indices, and the one-channel first convolution is a tiny product that oneDNN runs far
-// below matmul speed; with the per-layer overhead they were ~40 % of a training step
-// (scripts/bench.py: this block is 1.3-1.4x the module path's epoch). Nothing in torch fuses them
-// on CPU (torch.compile measured 0.5x here).
+// int64 indices, the one-channel first convolution is a tiny product that oneDNN runs far below
+// matmul speed, and oneDNN's 8 -> 16 channel convolution runs at about half of it; with the
+// per-layer overhead they were most of a training step. Nothing in torch fuses them on CPU
+// (torch.compile measured 0.4-0.6x here).
 //
 // Layouts: activations (B, C, T, F) in channels-last memory, i.e. rows (B, T, F * C).
 // Semantics are exactly MaxPool2d((2, 1)) then ReLU: the earlier time step wins a tie, a NaN wins
@@ -38,9 +39,10 @@
 #define HPS_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #endif
 
-// The generic loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the
+// The generic code is compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the
 // CPU (gcc's function multi-versioning), so the cached build runs on any x86-64 machine at its
-// width; the hottest rows also have AVX-512 intrinsics versions (HPS_AVX512, chosen at run time).
+// width (other compilers and CPUs: one baseline build); the hottest rows also have AVX-512
+// intrinsics versions (HPS_AVX512, chosen at run time).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define HPS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -54,6 +56,56 @@ constexpr uint8_t kEven = 0, kOdd = 1, kCut = 2;
 // float result, is the same on any number of threads.
 constexpr int64_t kChunk = 8;
 
+// The generic code's vectors: the compilers' vector extension (gcc and clang), 8 floats, one AVX2
+// register (a baseline x86-64 or an ARM build splits it in two), compiled by HPS_CLONES at each
+// ISA's width. Comparisons give -1 / 0 lanes; a cast between vector types keeps the bits.
+typedef float vf8 __attribute__((vector_size(32), aligned(4)));  // aligned(4): loads from any float
+typedef int32_t vi8 __attribute__((vector_size(32), aligned(4)));
+typedef uint8_t vu32 __attribute__((vector_size(32), aligned(1)));
+#define HPS_INLINE inline __attribute__((always_inline))  // into the HPS_CLONES caller, at its ISA
+
+constexpr int64_t kVec = 8;
+
+HPS_INLINE vf8 load8(const float* p) {
+  vf8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+HPS_INLINE void store8(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
+HPS_INLINE vf8 keep8(vf8 v, vi8 keep) { return (vf8)((vi8)v & keep); }  // v where keep, else +0
+
+// Lane 0 to all (a vbroadcastss; vf8{} + s would not be one, and 0 + -0 is +0). The low byte of
+// each lane to code[0 .. 8), and back (a vpshufb and a vpmovzxbd; __builtin_convertvector goes
+// lane by lane).
+#if defined(__clang__)
+HPS_INLINE vf8 bcast8(float s) { return __builtin_shufflevector(vf8{s}, vf8{s}, 0, 0, 0, 0, 0, 0, 0, 0); }
+HPS_INLINE void store_codes(uint8_t* code, vi8 c) {
+  const vu32 b = (vu32)c;
+  const vu32 low = __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  std::memcpy(code, &low, 8);
+}
+HPS_INLINE vi8 load_codes(const uint8_t* code) {
+  vu32 b{};
+  std::memcpy(&b, code, 8);
+  return (vi8)__builtin_shufflevector(b, vu32{}, 0, 32, 32, 32, 1, 32, 32, 32, 2, 32, 32, 32, 3, 32, 32, 32, 4,
+                                      32, 32, 32, 5, 32, 32, 32, 6, 32, 32, 32, 7, 32, 32, 32);
+}
+#else
+HPS_INLINE vf8 bcast8(float s) { return __builtin_shuffle(vf8{s}, vi8{}); }
+HPS_INLINE void store_codes(uint8_t* code, vi8 c) {
+  const vu32 low = __builtin_shuffle((vu32)c, vu32{0, 4, 8, 12, 16, 20, 24, 28});
+  std::memcpy(code, &low, 8);
+}
+HPS_INLINE vi8 load_codes(const uint8_t* code) {
+  vu32 b{};
+  std::memcpy(&b, code, 8);
+  constexpr uint8_t z = 32;  // a byte of the second operand: 0
+  return (vi8)__builtin_shuffle(b, vu32{}, vu32{0, z, z, z, 1, z, z, z, 2, z, z, z, 3, z, z, z,
+                                                 4, z, z, z, 5, z, z, z, 6, z, z, z, 7, z, z, z});
+}
+#endif
+
 // v if keep else +0, without a branch (so loops vectorize) and without v * 0 (NaN * 0 is NaN).
 inline float keep_if(float v, bool keep) {
   uint32_t u;
@@ -63,13 +115,10 @@ inline float keep_if(float v, bool keep) {
   return v;
 }
 
-// One output row of the pool: max of rows a (step 2t) and b (step 2t + 1), then ReLU.
-// The loops below run in blocks of kBlock elements: a loop that mixes byte codes and floats
-// otherwise vectorizes 64 elements at a time, more than a row of 48 holds, and runs scalar.
-constexpr int64_t kBlock = 16;
-
+// One output row of the pool: max of rows a (step 2t) and b (step 2t + 1), then ReLU; 8 at a time
+// in vectors (a loop left to the vectorizer packs the comparisons into byte codes poorly), the
+// tail one by one. Without branches: the winner is data, and a branch on it mispredicts half the time.
 inline int32_t pool_relu_one(const float va, const float vb, float* out) {
-  // Without branches (the winner is data: a branch on it mispredicts half the time).
   const bool take_b = (vb > va) | (vb != vb);  // vb != vb: vb is NaN
   const float v = keep_if(vb, take_b) + keep_if(va, !take_b);  // one of the two terms is +0
   const bool cut = v <= 0.0f;
@@ -80,10 +129,13 @@ inline int32_t pool_relu_one(const float va, const float vb, float* out) {
 HPS_CLONES void pool_relu_row(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
                               uint8_t* __restrict__ code, int64_t n) {
   int64_t j = 0;
-  for (; j + kBlock <= n; j += kBlock) {
-    int32_t wide[kBlock];  // codes computed at the floats' width, then narrowed in one pass
-    for (int64_t l = 0; l < kBlock; ++l) wide[l] = pool_relu_one(a[j + l], b[j + l], out + j + l);
-    for (int64_t l = 0; l < kBlock; ++l) code[j + l] = static_cast<uint8_t>(wide[l]);
+  for (; j + kVec <= n; j += kVec) {
+    const vf8 va = load8(a + j), vb = load8(b + j);
+    const vi8 take_b = (vb > va) | (vb != vb);
+    const vf8 v = keep8(vb, take_b) + keep8(va, ~take_b);  // as pool_relu_one: one term is +0
+    const vi8 cut = v <= vf8{};  // false for NaN: ReLU passes it
+    store8(out + j, keep8(v, ~cut));
+    store_codes(code + j, (take_b & ~cut & kOdd) | (cut & kCut));
   }
   for (; j < n; ++j) code[j] = static_cast<uint8_t>(pool_relu_one(a[j], b[j], out + j));
 }
@@ -92,21 +144,23 @@ HPS_CLONES void pool_relu_row(const float* __restrict__ a, const float* __restri
 HPS_CLONES void unpool_row(const float* __restrict__ s, const uint8_t* __restrict__ k, float* __restrict__ a,
                            float* __restrict__ o, int64_t n) {
   int64_t j = 0;
-  for (; j + kBlock <= n; j += kBlock)
-    for (int64_t l = 0; l < kBlock; ++l) {
-      a[j + l] = keep_if(s[j + l], k[j + l] == kEven);
-      o[j + l] = keep_if(s[j + l], k[j + l] == kOdd);
-    }
+  for (; j + kVec <= n; j += kVec) {
+    const vi8 ki = load_codes(k + j);
+    const vf8 g = load8(s + j);
+    store8(a + j, keep8(g, ki == kEven));
+    store8(o + j, keep8(g, ki == kOdd));
+  }
   for (; j < n; ++j) {
     a[j] = keep_if(s[j], k[j] == kEven);
     o[j] = keep_if(s[j], k[j] == kOdd);
   }
 }
 
-// Written with AVX-512 intrinsics where the CPU has them: the generic loops above leave the
-// vectorizer to pack float comparisons into byte codes, which it does poorly (measured at batch
-// 64 with the conv1 rows below: conv1 forward 143 -> 101 us, backward 186 -> 90 us).
-// HPSEARCH_CPU_KERNELS_GENERIC=1 picks the generic loops (tests compare both).
+// Written with AVX-512 intrinsics where the CPU has them: 16 floats, and mask registers for the
+// codes and the tails (measured at batch 64 against the generic loops as they were then, scalar
+// code left to the vectorizer: conv1 forward 143 -> 101 us, backward 186 -> 90 us; not measured
+// against the 8-float vectors above, which came later, on a CPU without AVX-512).
+// HPSEARCH_CPU_KERNELS_GENERIC=1 picks the generic code (tests compare both).
 #ifdef HPS_AVX512
 bool use_avx512() {
   static const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -275,38 +329,69 @@ inline const float* inputs_at(const float* xb, int64_t T, int64_t F, int64_t k, 
   return buf;
 }
 
-// The pre-activations of the even and the odd step of a pooled pair, (Rp) each:
-// bias_row + sum over q < K of in[q] * band[q], kLanes outputs at a time. The two steps (and two
-// lane blocks) run side by side: four independent sums hide the latency of each multiply-add.
+// The pre-activations of the even and the odd step of a pooled pair, (R) each (written up to the
+// next multiple of 8): bias_row + sum over q < K of in[q] * band[q], 8 outputs per vector, up to 4
+// vectors of both steps side by side: 8 independent sums hide the latency of each multiply-add.
+template <int NB>
+HPS_INLINE void band_block8(const float* in_e, const float* in_o, const float* band, const float* bias_row,
+                            float* pre_e, float* pre_o, int64_t K, int64_t Rp, int64_t j0) {
+  vf8 e[NB], o[NB];
+  for (int l = 0; l < NB; ++l) e[l] = o[l] = load8(bias_row + j0 + kVec * l);
+  for (int64_t q = 0; q < K; ++q) {
+    const vf8 ve = bcast8(in_e[q]), vo = bcast8(in_o[q]);
+    const float* b = band + q * Rp + j0;
+    for (int l = 0; l < NB; ++l) {
+      const vf8 w = load8(b + kVec * l);
+      e[l] += ve * w;
+      o[l] += vo * w;
+    }
+  }
+  for (int l = 0; l < NB; ++l) {
+    store8(pre_e + j0 + kVec * l, e[l]);
+    store8(pre_o + j0 + kVec * l, o[l]);
+  }
+}
+
 HPS_CLONES void band_rows(const float* __restrict__ in_e, const float* __restrict__ in_o,
                           const float* __restrict__ band, const float* __restrict__ bias_row,
-                          float* __restrict__ pre_e, float* __restrict__ pre_o, int64_t K, int64_t Rp) {
-  for (int64_t j0 = 0; j0 < Rp; j0 += 2 * kLanes) {
-    float e[2 * kLanes], o[2 * kLanes];
-    for (int64_t l = 0; l < 2 * kLanes; ++l) e[l] = o[l] = bias_row[j0 + l];
-    for (int64_t q = 0; q < K; ++q) {
-      const float ve = in_e[q], vo = in_o[q];
-      const float* __restrict__ b = band + q * Rp + j0;
-      for (int64_t l = 0; l < 2 * kLanes; ++l) {
-        e[l] += ve * b[l];
-        o[l] += vo * b[l];
-      }
-    }
-    for (int64_t l = 0; l < 2 * kLanes; ++l) {
-      pre_e[j0 + l] = e[l];
-      pre_o[j0 + l] = o[l];
+                          float* __restrict__ pre_e, float* __restrict__ pre_o, int64_t K, int64_t R, int64_t Rp) {
+  for (int64_t j0 = 0; j0 < R; j0 += 4 * kVec) {
+    switch (std::min<int64_t>(4, (R - j0 + kVec - 1) / kVec)) {
+      case 4: band_block8<4>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
+      case 3: band_block8<3>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
+      case 2: band_block8<2>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
+      default: band_block8<1>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
     }
   }
 }
 
-// gband (K, Rp) += outer(in_e, g_e) + outer(in_o, g_o): the band's gradient from a pooled pair.
+// gband (K, Rp) += outer(in_e, g_e) + outer(in_o, g_o): the band's gradient from a pooled pair
+// (g_e, g_o hold zeros past R up to Rp).
+template <int NB>
+HPS_INLINE void band_grad_block8(const float* in_e, const float* in_o, const float* g_e, const float* g_o,
+                                 float* gband, int64_t K, int64_t Rp, int64_t j0) {
+  vf8 ge[NB], go[NB];
+  for (int l = 0; l < NB; ++l) {
+    ge[l] = load8(g_e + j0 + kVec * l);
+    go[l] = load8(g_o + j0 + kVec * l);
+  }
+  for (int64_t q = 0; q < K; ++q) {
+    const vf8 ve = bcast8(in_e[q]), vo = bcast8(in_o[q]);
+    float* g = gband + q * Rp + j0;
+    for (int l = 0; l < NB; ++l) store8(g + kVec * l, load8(g + kVec * l) + ve * ge[l] + vo * go[l]);
+  }
+}
+
 HPS_CLONES void band_grad_rows(const float* __restrict__ in_e, const float* __restrict__ in_o,
                                const float* __restrict__ g_e, const float* __restrict__ g_o,
-                               float* __restrict__ gband, int64_t K, int64_t Rp) {
-  for (int64_t q = 0; q < K; ++q) {
-    const float ve = in_e[q], vo = in_o[q];
-    float* __restrict__ g = gband + q * Rp;
-    for (int64_t j = 0; j < Rp; ++j) g[j] += ve * g_e[j] + vo * g_o[j];
+                               float* __restrict__ gband, int64_t K, int64_t R, int64_t Rp) {
+  for (int64_t j0 = 0; j0 < R; j0 += 4 * kVec) {
+    switch (std::min<int64_t>(4, (R - j0 + kVec - 1) / kVec)) {
+      case 4: band_grad_block8<4>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
+      case 3: band_grad_block8<3>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
+      case 2: band_grad_block8<2>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
+      default: band_grad_block8<1>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
+    }
   }
 }
 
@@ -387,13 +472,13 @@ inline void band_grad_rows_avx512(const float*, const float*, const float*, cons
 inline void conv1_rows(bool avx, const float* in_e, const float* in_o, const float* band, const float* bias_row,
                        float* pre_e, float* pre_o, int64_t K, int64_t R, int64_t Rp) {
   avx ? band_rows_avx512(in_e, in_o, band, bias_row, pre_e, pre_o, K, R, Rp)
-      : band_rows(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp);
+      : band_rows(in_e, in_o, band, bias_row, pre_e, pre_o, K, R, Rp);
 }
 
 inline void conv1_grad_rows(bool avx, const float* in_e, const float* in_o, const float* g_e, const float* g_o,
                             float* gband, int64_t K, int64_t R, int64_t Rp) {
   avx ? band_grad_rows_avx512(in_e, in_o, g_e, g_o, gband, K, R, Rp)
-      : band_grad_rows(in_e, in_o, g_e, g_o, gband, K, Rp);
+      : band_grad_rows(in_e, in_o, g_e, g_o, gband, K, R, Rp);
 }
 
 // x (B, T, F); weight (C, 1, k, k); bias (C). Returns relu(maxpool_(2,1)(conv(x))) as (B, C, T/2, F)
@@ -479,6 +564,313 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
   for (int64_t f = 0; f < F; ++f)
     for (int64_t c = 0; c < C; ++c) gb[c] += partial[K * Rp + f * C + c];
   return {grad_weight, grad_bias};
+}
+
+// ------------------------------------------------------------ conv2 as direct convolutions
+//
+// Why hand-written: at the CNN's sizes (8 -> 16 channels over 48 x 6 pixels) oneDNN's
+// convolution runs at about half of matmul speed forward and less backward (measured at batch 256
+// on 2 AVX2 cores: forward 97 GFLOP/s, input and weight gradients 77, float32 matmul 186), and its
+// output is a tensor that the pool then reads again. Here each window's convolution runs from a
+// zero-padded copy of its input that stays in L1, each output summed in registers: forward, the
+// pair of rows that one pooled row needs, then pooled at once (never stored); backward, the
+// gradient unpooled into a padded copy, the input's gradient as a convolution of it with the
+// flipped weight, and the weight's gradient summed per tap. Written with the compilers' vector
+// extension (8 floats, one AVX2 register) and compiled by HPS_CLONES for each ISA; where the CPU
+// has AVX-512, conv2_pool_relu_avx512 below runs the forward at 16 floats and oneDNN the backward
+// (measured there: 34-36 % of matmul; these 8-float kernels are not measured there).
+//
+// Padded buffers are (rows, F + 2p, C) channels-last, with p = k/2 zero pixels around each row,
+// p zero rows above and p + 1 below (the last so that a pair of rows can start at the last row),
+// and slack for a vector read past the last channel. Weights are (k, k, Cin, Coutp), Coutp = Cout
+// rounded up to 8, zeros in the padding lanes; outputs are written at that stride and compacted.
+
+inline int64_t round8(int64_t n) { return (n + kVec - 1) / kVec * kVec; }
+
+struct Padded {  // geometry of a padded buffer
+  int64_t rows, F, C, p;
+  int64_t Fp() const { return F + 2 * p; }
+  int64_t size() const { return (rows + 2 * p + 1) * Fp() * C + 2 * kVec; }
+  float* row(float* buf, int64_t t) const { return buf + ((t + p) * Fp() + p) * C; }  // pixel (t, 0)
+};
+
+// Output rows t and t + 1 of a direct k x k convolution of the padded input `pad` (Cin channels),
+// at pixels f0 .. f0 + FB - 1 and output channels c0 .. c0 + 8 NV - 1, into e and o, (F, Coutp)
+// each. 2 FB NV sums side by side hide the multiply-add latency (12 of AVX2's 16 registers).
+template <int NV, int FB>
+HPS_INLINE void conv_block(const float* pad, int64_t Fp, int64_t Cin, const float* wt, int64_t Coutp, int64_t k,
+                           int64_t t, int64_t f0, int64_t c0, const float* bias, float* e, float* o) {
+  vf8 acc[2][FB][NV];
+  for (int v = 0; v < NV; ++v) {
+    const vf8 b = load8(bias + c0 + kVec * v);
+    for (int u = 0; u < FB; ++u) acc[0][u][v] = acc[1][u][v] = b;
+  }
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const float* w = wt + (i * k + j) * Cin * Coutp + c0;
+      const float* x0 = pad + ((t + i) * Fp + f0 + j) * Cin;  // padded row t + i, pixel f0 + j
+      const float* x1 = x0 + Fp * Cin;  // row t + 1 + i
+      for (int64_t ci = 0; ci < Cin; ++ci) {
+        vf8 wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = load8(w + ci * Coutp + kVec * v);
+        for (int u = 0; u < FB; ++u) {
+          const vf8 s0 = bcast8(x0[u * Cin + ci]), s1 = bcast8(x1[u * Cin + ci]);
+          for (int v = 0; v < NV; ++v) {
+            acc[0][u][v] += s0 * wv[v];
+            acc[1][u][v] += s1 * wv[v];
+          }
+        }
+      }
+    }
+  for (int u = 0; u < FB; ++u)
+    for (int v = 0; v < NV; ++v) {
+      store8(e + (f0 + u) * Coutp + c0 + kVec * v, acc[0][u][v]);
+      store8(o + (f0 + u) * Coutp + c0 + kVec * v, acc[1][u][v]);
+    }
+}
+
+template <int NV>
+HPS_INLINE void conv_blocks(const float* pad, int64_t F, int64_t Fp, int64_t Cin, const float* wt, int64_t Coutp,
+                            int64_t k, int64_t t, int64_t c0, const float* bias, float* e, float* o) {
+  constexpr int64_t kMax = NV == 2 ? 3 : 6;  // pixels per block: 2 * kMax * NV = 12 sums
+  for (int64_t f0 = 0; f0 < F; f0 += kMax) {
+    const int64_t n = std::min(kMax, F - f0);
+    if constexpr (NV == 1) {
+      if (n == 6) { conv_block<1, 6>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+      if (n == 5) { conv_block<1, 5>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+      if (n == 4) { conv_block<1, 4>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+    }
+    if (n >= 3) conv_block<NV, 3>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+    else if (n == 2) conv_block<NV, 2>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+    else conv_block<NV, 1>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+  }
+}
+
+// Rows t and t + 1 of the convolution, every pixel and output channel, into e and o (F, Coutp).
+HPS_INLINE void conv_rows(const float* pad, int64_t F, int64_t Fp, int64_t Cin, const float* wt, int64_t Cout,
+                          int64_t Coutp, int64_t k, int64_t t, const float* bias, float* e, float* o) {
+  for (int64_t c0 = 0; c0 < Cout;) {
+    if (Cout - c0 > kVec) {
+      conv_blocks<2>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
+      c0 += 2 * kVec;
+    } else {
+      conv_blocks<1>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
+      c0 += kVec;
+    }
+  }
+}
+
+// (F, Cp) rows to (F, C) in place, where C < Cp.
+inline void compact(float* row, int64_t F, int64_t C, int64_t Cp) {
+  if (C == Cp) return;
+  for (int64_t f = 0; f < F; ++f) std::memmove(row + f * C, row + f * Cp, C * sizeof(float));
+}
+
+// The weight (Cout, Cin, k, k) as (k, k, Cin, Coutp); flipped: w[c][ci][k-1-i][k-1-j] at (i, j,
+// c, ci), i.e. the weight of the convolution that gives the input's gradient (Cout <-> Cin).
+std::vector<float> taps_layout(const at::Tensor& weight, bool flipped) {
+  const auto wc = weight.contiguous();
+  const float* w = wc.const_data_ptr<float>();
+  const int64_t Co = weight.size(0), Ci = weight.size(1), k = weight.size(2);
+  const int64_t Cin = flipped ? Co : Ci, Coutp = round8(flipped ? Ci : Co);
+  std::vector<float> out(k * k * Cin * Coutp, 0.0f);
+  for (int64_t co = 0; co < Co; ++co)
+    for (int64_t ci = 0; ci < Ci; ++ci)
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+          const float v = w[((co * Ci + ci) * k + i) * k + j];
+          if (flipped)
+            out[(((k - 1 - i) * k + (k - 1 - j)) * Cin + co) * Coutp + ci] = v;
+          else
+            out[((i * k + j) * Cin + ci) * Coutp + co] = v;
+        }
+  return out;
+}
+
+// One window forward: a1 (T1, F, C1) -> relu(pool(conv2(a1))) as out (C2, T1/2, F) and code
+// (T1/2, F * C2). pad: Padded{T1, F, C1, p}; pre: 2 rows (F, C2p); row: (F * C2).
+HPS_CLONES void conv2_forward_window(const float* __restrict__ a1, const float* __restrict__ wt,
+                                     const float* __restrict__ bias, float* __restrict__ pad,
+                                     float* __restrict__ pre, float* __restrict__ row, float* __restrict__ out,
+                                     uint8_t* __restrict__ code, int64_t T1, int64_t F, int64_t C1, int64_t C2,
+                                     int64_t k) {
+  const Padded g{T1, F, C1, k / 2};
+  const int64_t T2 = T1 / 2, R = F * C2, C2p = round8(C2);
+  for (int64_t t = 0; t < T1; ++t) std::copy_n(a1 + t * F * C1, F * C1, g.row(pad, t));
+  float* e = pre;
+  float* o = pre + F * C2p;
+  for (int64_t t2 = 0; t2 < T2; ++t2) {
+    conv_rows(pad, F, g.Fp(), C1, wt, C2, C2p, k, 2 * t2, bias, e, o);
+    compact(e, F, C2, C2p);
+    compact(o, F, C2, C2p);
+    pool_relu_row(e, o, row, code + t2 * R, R);
+    row_to_nchw(row, out, C2, T2, F, t2);
+  }
+}
+
+// gw[i][j][ci0 + c][c0 .. c0 + 8 NV) += sum over the window's pixels (t, f) of
+// a[t + i][f + j][ci0 + c] * g[t][f][c0 ..]: the weight's gradient at tap (i, j), CB input
+// channels by 8 NV output channels summed side by side.
+template <int CB, int NV>
+HPS_INLINE void wgrad_block(const float* apad, const float* gpad, const Padded& ag, const Padded& gg, int64_t i,
+                            int64_t j, int64_t ci0, int64_t c0, float* gw, int64_t C2p, int64_t k) {
+  vf8 acc[CB][NV];
+  for (int c = 0; c < CB; ++c)
+    for (int v = 0; v < NV; ++v) acc[c][v] = vf8{};
+  const int64_t F = ag.F, C1 = ag.C, C2 = gg.C;
+  for (int64_t t = 0; t < ag.rows; ++t) {
+    const float* x = apad + ((t + i) * ag.Fp() + j) * C1 + ci0;  // padded pixel (t + i, j): a[t + i - p][j - p]
+    const float* gr = gg.row(const_cast<float*>(gpad), t) + c0;
+    for (int64_t f = 0; f < F; ++f) {
+      vf8 gv[NV];
+      for (int v = 0; v < NV; ++v) gv[v] = load8(gr + f * C2 + kVec * v);
+      for (int c = 0; c < CB; ++c) {
+        const vf8 s = bcast8(x[f * C1 + c]);
+        for (int v = 0; v < NV; ++v) acc[c][v] += s * gv[v];
+      }
+    }
+  }
+  for (int c = 0; c < CB; ++c)
+    for (int v = 0; v < NV; ++v) {
+      float* dst = gw + ((i * k + j) * C1 + ci0 + c) * C2p + c0 + kVec * v;
+      store8(dst, load8(dst) + acc[c][v]);
+    }
+}
+
+template <int NV>
+HPS_INLINE void wgrad_taps(const float* apad, const float* gpad, const Padded& ag, const Padded& gg, int64_t c0,
+                           float* gw, int64_t C2p, int64_t k) {
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t ci0 = 0; ci0 < ag.C; ci0 += 4) {
+        switch (std::min<int64_t>(4, ag.C - ci0)) {
+          case 4: wgrad_block<4, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k); break;
+          case 3: wgrad_block<3, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k); break;
+          case 2: wgrad_block<2, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k); break;
+          default: wgrad_block<1, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k); break;
+        }
+      }
+}
+
+// One window backward. grad: the block output's gradient (C2, T1/2, F) (default layout), code its
+// pool's; a1: conv2's input (T1, F, C1). Writes ga1, the gradient of a1 (T1, F * C1), and adds the
+// weight's and bias's gradients to gw (k, k, C1, C2p) and gb (C2p).
+HPS_CLONES void conv2_backward_window(const float* __restrict__ grad, const uint8_t* __restrict__ code,
+                                      const float* __restrict__ a1, const float* __restrict__ wt_flip,
+                                      const float* __restrict__ zeros, float* __restrict__ apad,
+                                      float* __restrict__ gpad, float* __restrict__ pre, float* __restrict__ row,
+                                      float* __restrict__ ga1, float* __restrict__ gw, float* __restrict__ gb,
+                                      int64_t T1, int64_t F, int64_t C1, int64_t C2, int64_t k) {
+  const int64_t p = k / 2, T2 = T1 / 2, R = F * C2, C1p = round8(C1), C2p = round8(C2);
+  const Padded ag{T1, F, C1, p}, gg{T1, F, C2, p};
+  for (int64_t t = 0; t < T1; ++t) std::copy_n(a1 + t * F * C1, F * C1, ag.row(apad, t));
+  for (int64_t t2 = 0; t2 < T2; ++t2) {  // conv2's output gradient: unpooled into gpad
+    row_from_nchw(grad, row, C2, T2, F, t2);
+    unpool_row(row, code + t2 * R, gg.row(gpad, 2 * t2), gg.row(gpad, 2 * t2 + 1), R);
+  }
+  // (An odd T1's last row is not pooled: its gradient is 0, and that row of gpad is never written.)
+  for (int64_t t = 0; t < T1; ++t) {
+    const float* gr = gg.row(gpad, t);
+    for (int64_t f = 0; f < F; ++f)
+      for (int64_t c = 0; c < C2; ++c) gb[c] += gr[f * C2 + c];
+  }
+  for (int64_t c0 = 0; c0 < C2;) {
+    if (C2 - c0 > kVec) {
+      wgrad_taps<2>(apad, gpad, ag, gg, c0, gw, C2p, k);
+      c0 += 2 * kVec;
+    } else {
+      wgrad_taps<1>(apad, gpad, ag, gg, c0, gw, C2p, k);
+      c0 += kVec;
+    }
+  }
+  // The input's gradient: the convolution of gpad with the flipped weight (C2 -> C1), two rows at
+  // a time (an odd T1's last pair reads the zero row below and drops its second row).
+  float* e = pre;
+  float* o = pre + F * C1p;
+  for (int64_t t = 0; t < T1; t += 2) {
+    conv_rows(gpad, F, gg.Fp(), C2, wt_flip, C1, C1p, k, t, zeros, e, o);
+    compact(e, F, C1, C1p);
+    std::copy_n(e, F * C1, ga1 + t * F * C1);
+    if (t + 1 < T1) {
+      compact(o, F, C1, C1p);
+      std::copy_n(o, F * C1, ga1 + (t + 1) * F * C1);
+    }
+  }
+}
+
+// a1 (B, C1, T1, F) channels-last; w2 (C2, C1, k, k); b2 (C2). Returns what pool_relu(conv2d(a1))
+// returns: (B, C2, T1/2, F) in the default layout, and the code (B, T1/2, F * C2).
+std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_direct(const at::Tensor& a1, const at::Tensor& w2,
+                                                          const at::Tensor& b2) {
+  const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C1 = x.size(1), T1 = x.size(2), F = x.size(3);
+  const int64_t C2 = w2.size(0), k = w2.size(2), T2 = T1 / 2, R = F * C2, C2p = round8(C2);
+  const auto wt = taps_layout(w2, false);
+  std::vector<float> bias(C2p + kVec, 0.0f);
+  const auto bc = b2.contiguous();
+  std::copy_n(bc.const_data_ptr<float>(), C2, bias.data());
+  auto out = at::empty({B, C2, T2, F}, x.options());
+  auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  uint8_t* cp = code.mutable_data_ptr<uint8_t>();
+  const Padded g{T1, F, C1, k / 2};
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(g.size(), 0.0f), pre(2 * F * C2p), row(R);  // borders stay 0
+    for (int64_t b = begin; b < end; ++b)
+      conv2_forward_window(xp + b * T1 * F * C1, wt.data(), bias.data(), pad.data(), pre.data(), row.data(),
+                           op + b * C2 * T2 * F, cp + b * T2 * R, T1, F, C1, C2, k);
+  });
+  return {out, code};
+}
+
+// The gradients of conv2_pool_relu_direct's input (channels-last), weight and bias from that of
+// its output (any layout). The weight's is summed per fixed chunk of kChunk windows, then the
+// chunks in order, so that its float result is the same on any number of threads.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2_pool_relu_direct_backward(const at::Tensor& grad_output,
+                                                                               const at::Tensor& code,
+                                                                               const at::Tensor& a1,
+                                                                               const at::Tensor& w2) {
+  const bool rows_ok = grad_output.dim() == 4 && grad_output.stride(3) == 1 &&
+                       grad_output.stride(2) == grad_output.size(3) &&
+                       grad_output.stride(1) == grad_output.size(2) * grad_output.size(3);
+  const auto g = rows_ok ? grad_output : grad_output.contiguous();
+  const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C1 = x.size(1), T1 = x.size(2), F = x.size(3), bs = g.stride(0);
+  const int64_t C2 = w2.size(0), k = w2.size(2), T2 = T1 / 2, R = F * C2, C1p = round8(C1), C2p = round8(C2);
+  TORCH_CHECK(g.size(0) == B && g.size(1) == C2 && g.size(2) == T2 && g.size(3) == F && code.numel() == B * T2 * R,
+              "conv2_pool_relu_direct_backward: shapes do not match");
+  const auto wt_flip = taps_layout(w2, true);
+  const std::vector<float> zeros(C1p + kVec, 0.0f);
+  const int64_t NW = k * k * C1 * C2p, N = NW + C2p;  // per chunk: weight (k, k, C1, C2p), bias (C2p)
+  const int64_t n_chunks = (B + kChunk - 1) / kChunk;
+  std::vector<float> partial(n_chunks * N, 0.0f);
+  auto grad_a1 = at::empty({B, C1, T1, F}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* gp = g.const_data_ptr<float>();
+  const uint8_t* cp = code.const_data_ptr<uint8_t>();
+  const float* xp = x.const_data_ptr<float>();
+  float* ip = grad_a1.mutable_data_ptr<float>();
+  const Padded ag{T1, F, C1, k / 2}, gg{T1, F, C2, k / 2};
+  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> apad(ag.size(), 0.0f), gpad(gg.size(), 0.0f), pre(2 * F * C1p), row(R);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      float* gw = partial.data() + chunk * N;
+      for (int64_t b = chunk * kChunk; b < std::min(B, (chunk + 1) * kChunk); ++b)
+        conv2_backward_window(gp + b * bs, cp + b * T2 * R, xp + b * T1 * F * C1, wt_flip.data(), zeros.data(),
+                              apad.data(), gpad.data(), pre.data(), row.data(), ip + b * T1 * F * C1, gw, gw + NW,
+                              T1, F, C1, C2, k);
+    }
+  });
+  for (int64_t chunk = 1; chunk < n_chunks; ++chunk)  // chunks in order: a fixed summation order
+    for (int64_t j = 0; j < N; ++j) partial[j] += partial[chunk * N + j];
+  auto grad_weight = at::empty({C2, C1, k, k}, x.options());
+  auto grad_bias = at::empty({C2}, x.options());
+  float* gw = grad_weight.mutable_data_ptr<float>();
+  for (int64_t co = 0; co < C2; ++co)
+    for (int64_t ci = 0; ci < C1; ++ci)
+      for (int64_t t = 0; t < k * k; ++t) gw[(co * C1 + ci) * k * k + t] = partial[(t * C1 + ci) * C2p + co];
+  std::copy_n(partial.data() + NW, C2, grad_bias.mutable_data_ptr<float>());
+  return {grad_a1, grad_weight, grad_bias};
 }
 
 // ------------------------------------------------------- conv2 + pool + ReLU (AVX-512 only)
@@ -580,29 +972,53 @@ std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_avx512(const at::Tensor& a1, 
 // layer. Returns the block's output (B, C2, T/4, F) in the default layout, and what the backward
 // needs: conv2's input and the two pools' codes.
 
+// Where conv2 runs: "avx512" (direct, 16 floats; oneDNN's backward), "direct" (the 8-float kernels
+// both ways) or "onednn" (oneDNN's convolution both ways, and pool passes): HPSEARCH_CPU_KERNELS_ONEDNN=1
+// picks the last, so that scripts/bench.py and the tests can compare them on any CPU.
+enum class Conv2 { kAvx512, kDirect, kOnednn };
+
+Conv2 conv2_path() {
+  const char* onednn = std::getenv("HPSEARCH_CPU_KERNELS_ONEDNN");
+  if (onednn && *onednn && *onednn != '0') return Conv2::kOnednn;
+  return use_avx512() ? Conv2::kAvx512 : Conv2::kDirect;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features(const at::Tensor& x, const at::Tensor& w1,
                                                                     const at::Tensor& b1, const at::Tensor& w2,
                                                                     const at::Tensor& b2) {
   auto [a1, code1] = conv1_pool_relu(x, w1, b1);
+  switch (conv2_path()) {
 #ifdef HPS_AVX512
-  if (use_avx512()) {
-    auto [out, code2] = conv2_pool_relu_avx512(a1, w2, b2);
-    return {out, a1, code1, code2};
-  }
+    case Conv2::kAvx512: {
+      auto [out, code2] = conv2_pool_relu_avx512(a1, w2, b2);
+      return {out, a1, code1, code2};
+    }
 #endif
-  const int64_t p = w2.size(2) / 2;
-  auto z2 = at::convolution(a1, w2, b2, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
-  auto [out, code2] = pool_relu(z2);
-  return {out, a1, code1, code2};
+    case Conv2::kDirect: {
+      auto [out, code2] = conv2_pool_relu_direct(a1, w2, b2);
+      return {out, a1, code1, code2};
+    }
+    default: {
+      const int64_t p = w2.size(2) / 2;
+      auto z2 = at::convolution(a1, w2, b2, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
+      auto [out, code2] = pool_relu(z2);
+      return {out, a1, code1, code2};
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& a1, const at::Tensor& code1,
     const at::Tensor& code2, const at::Tensor& w1, const at::Tensor& w2) {
-  const auto gz2 = pool_relu_backward(grad, code2, a1.size(2));
-  const int64_t p = w2.size(2) / 2;
-  auto [ga1, gw2, gb2] = at::convolution_backward(gz2, a1, w2, at::IntArrayRef{w2.size(0)}, {1, 1}, {p, p},
-                                                  {1, 1}, false, {0, 0}, 1, {true, true, true});
+  at::Tensor ga1, gw2, gb2;
+  if (conv2_path() == Conv2::kDirect) {
+    std::tie(ga1, gw2, gb2) = conv2_pool_relu_direct_backward(grad, code2, a1, w2);
+  } else {
+    const auto gz2 = pool_relu_backward(grad, code2, a1.size(2));
+    const int64_t p = w2.size(2) / 2;
+    std::tie(ga1, gw2, gb2) = at::convolution_backward(gz2, a1, w2, at::IntArrayRef{w2.size(0)}, {1, 1}, {p, p},
+                                                       {1, 1}, false, {0, 0}, 1, {true, true, true});
+  }
   auto [gw1, gb1] = conv1_pool_relu_backward(ga1, code1, x, w1.size(2));
   return {gw1, gb1, gw2, gb2};
 }
@@ -616,6 +1032,9 @@ TORCH_LIBRARY(hpsearch, m) {
       "features_backward(Tensor grad, Tensor x, Tensor a1, Tensor code1, Tensor code2, Tensor w1, Tensor w2) -> "
       "(Tensor, Tensor, Tensor, Tensor)",
       features_backward);
+  m.def("conv2_pool_relu_direct(Tensor a1, Tensor w2, Tensor b2) -> (Tensor, Tensor)", conv2_pool_relu_direct);
+  m.def("conv2_pool_relu_direct_backward(Tensor grad, Tensor code, Tensor a1, Tensor w2) -> (Tensor, Tensor, Tensor)",
+        conv2_pool_relu_direct_backward);
   m.def("pool_relu(Tensor x) -> (Tensor, Tensor)", pool_relu);
   m.def("pool_relu_backward(Tensor grad, Tensor code, int T) -> Tensor", pool_relu_backward);
   m.def("conv1_pool_relu(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)", conv1_pool_relu);
