@@ -77,6 +77,14 @@ HPS_INLINE vf8 keep8(vf8 v, vi8 keep) { return (vf8)((vi8)v & keep); }  // v whe
 // Lane 0 to all (a vbroadcastss; vf8{} + s would not be one, and 0 + -0 is +0). The low byte of
 // each lane to code[0 .. 8), and back (a vpshufb and a vpmovzxbd; __builtin_convertvector goes
 // lane by lane).
+typedef int64_t vl4 __attribute__((vector_size(32)));
+// code[0 .. 8) as the low bytes of a vector (through a 64-bit lane: a vector filled through
+// memory from an 8-byte copy stalls on the store's forwarding, measured 36 % of conv1's backward).
+HPS_INLINE vu32 code_bytes(const uint8_t* code) {
+  int64_t u;
+  std::memcpy(&u, code, sizeof u);
+  return (vu32)vl4{u, 0, 0, 0};
+}
 #if defined(__clang__)
 HPS_INLINE vf8 bcast8(float s) { return __builtin_shufflevector(vf8{s}, vf8{s}, 0, 0, 0, 0, 0, 0, 0, 0); }
 HPS_INLINE void store_codes(uint8_t* code, vi8 c) {
@@ -86,8 +94,7 @@ HPS_INLINE void store_codes(uint8_t* code, vi8 c) {
   std::memcpy(code, &low, 8);
 }
 HPS_INLINE vi8 load_codes(const uint8_t* code) {
-  vu32 b{};
-  std::memcpy(&b, code, 8);
+  const vu32 b = code_bytes(code);
   return (vi8)__builtin_shufflevector(b, vu32{}, 0, 32, 32, 32, 1, 32, 32, 32, 2, 32, 32, 32, 3, 32, 32, 32, 4,
                                       32, 32, 32, 5, 32, 32, 32, 6, 32, 32, 32, 7, 32, 32, 32);
 }
@@ -98,8 +105,7 @@ HPS_INLINE void store_codes(uint8_t* code, vi8 c) {
   std::memcpy(code, &low, 8);
 }
 HPS_INLINE vi8 load_codes(const uint8_t* code) {
-  vu32 b{};
-  std::memcpy(&b, code, 8);
+  const vu32 b = code_bytes(code);
   constexpr uint8_t z = 32;  // a byte of the second operand: 0
   return (vi8)__builtin_shuffle(b, vu32{}, vu32{0, z, z, z, 1, z, z, z, 2, z, z, z, 3, z, z, z,
                                                  4, z, z, z, 5, z, z, z, 6, z, z, z, 7, z, z, z});
@@ -285,6 +291,143 @@ at::Tensor pool_relu_backward(const at::Tensor& grad_output, const at::Tensor& c
     for (int64_t b = 0; b < B; ++b) std::fill_n(ip + (b * T + T - 1) * R, R, 0.0f);
   }
   return grad;
+}
+
+// ---------------------------------------------------- direct k x k convolutions, 8 floats
+//
+// Why hand-written: at the CNN's sizes (8 -> 16 channels over 48 x 6 pixels) oneDNN's
+// convolution runs at about half of matmul speed forward and less backward (measured at batch 256
+// on 2 AVX2 cores: forward 97 GFLOP/s, input and weight gradients 77, float32 matmul 186), and its
+// output is a tensor that the pool then reads again; the one-channel conv1 as a banded product
+// (below) spends half of its multiply-adds on the band's zeros. Here each window's convolution
+// runs from a zero-padded copy of its input that stays in L1, each output summed in registers:
+// forward, the pair of rows that one pooled row needs, then pooled at once (never stored);
+// backward, the gradient unpooled into a padded copy, the input's gradient as a convolution of it
+// with the flipped weight, and the weight's gradient summed per tap. Written with the compilers'
+// vector extension (8 floats) and compiled by HPS_CLONES for each ISA. Where the CPU has AVX-512,
+// the code below at 16 floats runs instead: conv1 as the banded product, conv2's forward
+// (conv2_pool_relu_avx512), and oneDNN's conv2 backward (measured there: 34-36 % of matmul; these
+// 8-float kernels are not measured on such a CPU).
+//
+// Padded buffers are (rows, F + 2p, C) channels-last, with p = k/2 zero pixels around each row,
+// p zero rows above and p + 1 below (the last so that a pair of rows can start at the last row),
+// and slack for a vector read past the last channel. Weights are (k, k, Cin, Coutp), Coutp = Cout
+// rounded up to 8, zeros in the padding lanes; outputs are written at that stride and compacted.
+
+inline int64_t round8(int64_t n) { return (n + kVec - 1) / kVec * kVec; }
+
+struct Padded {  // geometry of a padded buffer
+  int64_t rows, F, C, p;
+  int64_t Fp() const { return F + 2 * p; }
+  int64_t size() const { return (rows + 2 * p + 1) * Fp() * C + 2 * kVec; }
+  float* row(float* buf, int64_t t) const { return buf + ((t + p) * Fp() + p) * C; }  // pixel (t, 0)
+};
+
+// Output rows t and t + 1 of a direct k x k convolution of the padded input `pad` (Cin channels),
+// at pixels f0 .. f0 + FB - 1 and output channels c0 .. c0 + 8 NV - 1, into e and o, (F, Coutp)
+// each. 2 FB NV sums side by side hide the multiply-add latency (12 of AVX2's 16 registers).
+template <int NV, int FB>
+HPS_INLINE void conv_block(const float* pad, int64_t Fp, int64_t Cin, const float* wt, int64_t Coutp, int64_t k,
+                           int64_t t, int64_t f0, int64_t c0, const float* bias, float* e, float* o) {
+  vf8 acc[2][FB][NV];
+  for (int v = 0; v < NV; ++v) {
+    const vf8 b = load8(bias + c0 + kVec * v);
+    for (int u = 0; u < FB; ++u) acc[0][u][v] = acc[1][u][v] = b;
+  }
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const float* w = wt + (i * k + j) * Cin * Coutp + c0;
+      const float* x0 = pad + ((t + i) * Fp + f0 + j) * Cin;  // padded row t + i, pixel f0 + j
+      const float* x1 = x0 + Fp * Cin;  // row t + 1 + i
+      for (int64_t ci = 0; ci < Cin; ++ci) {
+        vf8 wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = load8(w + ci * Coutp + kVec * v);
+        for (int u = 0; u < FB; ++u) {
+          const vf8 s0 = bcast8(x0[u * Cin + ci]), s1 = bcast8(x1[u * Cin + ci]);
+          for (int v = 0; v < NV; ++v) {
+            acc[0][u][v] += s0 * wv[v];
+            acc[1][u][v] += s1 * wv[v];
+          }
+        }
+      }
+    }
+  for (int u = 0; u < FB; ++u)
+    for (int v = 0; v < NV; ++v) {
+      store8(e + (f0 + u) * Coutp + c0 + kVec * v, acc[0][u][v]);
+      store8(o + (f0 + u) * Coutp + c0 + kVec * v, acc[1][u][v]);
+    }
+}
+
+template <int NV>
+HPS_INLINE void conv_blocks(const float* pad, int64_t F, int64_t Fp, int64_t Cin, const float* wt, int64_t Coutp,
+                            int64_t k, int64_t t, int64_t c0, const float* bias, float* e, float* o) {
+  constexpr int64_t kMax = NV == 2 ? 3 : 6;  // pixels per block: 2 * kMax * NV = 12 sums
+  for (int64_t f0 = 0; f0 < F; f0 += kMax) {
+    const int64_t n = std::min(kMax, F - f0);
+    if constexpr (NV == 1) {
+      if (n == 6) { conv_block<1, 6>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+      if (n == 5) { conv_block<1, 5>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+      if (n == 4) { conv_block<1, 4>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+    }
+    if (n >= 3) conv_block<NV, 3>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+    else if (n == 2) conv_block<NV, 2>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+    else conv_block<NV, 1>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+  }
+}
+
+// Rows t and t + 1 of the convolution, every pixel and output channel, into e and o (F, Coutp).
+HPS_INLINE void conv_rows(const float* pad, int64_t F, int64_t Fp, int64_t Cin, const float* wt, int64_t Cout,
+                          int64_t Coutp, int64_t k, int64_t t, const float* bias, float* e, float* o) {
+  for (int64_t c0 = 0; c0 < Cout;) {
+    if (Cout - c0 > kVec) {
+      conv_blocks<2>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
+      c0 += 2 * kVec;
+    } else {
+      conv_blocks<1>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
+      c0 += kVec;
+    }
+  }
+}
+
+// gb[0 .. C) += the sums over n pixels of C channels, x[r * C + c], in 4 interleaved partial sums
+// (a loop of `gb[c] += ...` waits on its own store each time: measured 45 % of conv1's backward).
+// Lanes past C read what follows and land in gb's padding lanes, which are dropped.
+HPS_INLINE void add_channel_sums(const float* x, int64_t n, int64_t C, float* gb) {
+  for (int64_t c0 = 0; c0 < C; c0 += kVec) {
+    vf8 a[4] = {};
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4)
+      for (int u = 0; u < 4; ++u) a[u] += load8(x + (r + u) * C + c0);
+    for (; r < n; ++r) a[0] += load8(x + r * C + c0);
+    store8(gb + c0, load8(gb + c0) + ((a[0] + a[1]) + (a[2] + a[3])));
+  }
+}
+
+// (F, Cp) rows to (F, C) in place, where C < Cp.
+inline void compact(float* row, int64_t F, int64_t C, int64_t Cp) {
+  if (C == Cp) return;
+  for (int64_t f = 0; f < F; ++f) std::memmove(row + f * C, row + f * Cp, C * sizeof(float));
+}
+
+// The weight (Cout, Cin, k, k) as (k, k, Cin, Coutp); flipped: w[c][ci][k-1-i][k-1-j] at (i, j,
+// c, ci), i.e. the weight of the convolution that gives the input's gradient (Cout <-> Cin).
+std::vector<float> taps_layout(const at::Tensor& weight, bool flipped) {
+  const auto wc = weight.contiguous();
+  const float* w = wc.const_data_ptr<float>();
+  const int64_t Co = weight.size(0), Ci = weight.size(1), k = weight.size(2);
+  const int64_t Cin = flipped ? Co : Ci, Coutp = round8(flipped ? Ci : Co);
+  std::vector<float> out(k * k * Cin * Coutp, 0.0f);
+  for (int64_t co = 0; co < Co; ++co)
+    for (int64_t ci = 0; ci < Ci; ++ci)
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+          const float v = w[((co * Ci + ci) * k + i) * k + j];
+          if (flipped)
+            out[(((k - 1 - i) * k + (k - 1 - j)) * Cin + co) * Coutp + ci] = v;
+          else
+            out[((i * k + j) * Cin + ci) * Coutp + co] = v;
+        }
+  return out;
 }
 
 // ------------------------------------------------- one-channel conv (k x k, zero padding) + pool + ReLU
@@ -481,6 +624,159 @@ inline void conv1_grad_rows(bool avx, const float* in_e, const float* in_o, cons
       : band_grad_rows(in_e, in_o, g_e, g_o, gband, K, R, Rp);
 }
 
+// The same on CPUs without AVX-512, as a direct convolution (8 floats; see the section above): a
+// window's pair of rows summed in registers from its padded copy, then pooled; backward, the
+// weight's gradient summed over the window's pixels for up to 9 taps side by side (each output
+// sums k * k products, where the band sums k * F).
+
+// One window: x (T, F) -> relu(pool(conv1(x))) as rows (T/2, F * C) channels-last, and the code.
+HPS_CLONES void conv1_forward_window(const float* __restrict__ x, const float* __restrict__ wt,
+                                     const float* __restrict__ bias, float* __restrict__ pad,
+                                     float* __restrict__ pre, float* __restrict__ out, uint8_t* __restrict__ code,
+                                     int64_t T, int64_t F, int64_t C, int64_t k) {
+  const Padded g{T, F, 1, k / 2};
+  const int64_t R = F * C, Cp = round8(C);
+  for (int64_t t = 0; t < T; ++t) std::copy_n(x + t * F, F, g.row(pad, t));
+  float* e = pre;
+  float* o = pre + F * Cp;
+  for (int64_t t2 = 0; t2 < T / 2; ++t2) {
+    conv_rows(pad, F, g.Fp(), 1, wt, C, Cp, k, 2 * t2, bias, e, o);
+    compact(e, F, C, Cp);
+    compact(o, F, C, Cp);
+    pool_relu_row(e, o, out + t2 * R, code + t2 * R, R);
+  }
+}
+
+// gw[q0 + u][c0 .. c0 + 8 NV) += sum over the window's pixels (t, f) of x at tap q0 + u, i.e.
+// pad[t + i][f + j] for q = i * k + j, times G[t][f][c0 ..]: QB taps by 8 NV channels side by side.
+template <int QB, int NV>
+HPS_INLINE void wgrad1_block(const float* pad, const float* G, int64_t rows, int64_t F, int64_t Fp, int64_t C,
+                             int64_t k, int64_t q0, int64_t c0, float* gw, int64_t Cp) {
+  int64_t off[QB];
+  for (int u = 0; u < QB; ++u) off[u] = (q0 + u) / k * Fp + (q0 + u) % k;
+  vf8 acc[QB][NV];
+  for (int u = 0; u < QB; ++u)
+    for (int v = 0; v < NV; ++v) acc[u][v] = vf8{};
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* xr = pad + t * Fp;  // padded row t: input row t - p
+    const float* gr = G + t * F * C + c0;
+    for (int64_t f = 0; f < F; ++f) {
+      vf8 gv[NV];
+      for (int v = 0; v < NV; ++v) gv[v] = load8(gr + f * C + kVec * v);
+      for (int u = 0; u < QB; ++u) {
+        const vf8 s = bcast8(xr[f + off[u]]);
+        for (int v = 0; v < NV; ++v) acc[u][v] += s * gv[v];
+      }
+    }
+  }
+  for (int u = 0; u < QB; ++u)
+    for (int v = 0; v < NV; ++v) {
+      float* dst = gw + (q0 + u) * Cp + c0 + kVec * v;
+      store8(dst, load8(dst) + acc[u][v]);
+    }
+}
+
+template <int NV>
+HPS_INLINE void wgrad1_taps(const float* pad, const float* G, int64_t rows, int64_t F, int64_t Fp, int64_t C,
+                            int64_t k, int64_t c0, float* gw, int64_t Cp) {
+  constexpr int64_t kMax = NV == 1 ? 9 : 6;  // taps per block: kMax * NV sums, 9 or 12 registers
+  for (int64_t q0 = 0; q0 < k * k; q0 += kMax) {
+    const int64_t n = std::min(kMax, k * k - q0);
+#define HPS_WGRAD1(QB) wgrad1_block<QB, NV>(pad, G, rows, F, Fp, C, k, q0, c0, gw, Cp)
+    if constexpr (NV == 1) {
+      if (n == 9) { HPS_WGRAD1(9); continue; }
+      if (n == 8) { HPS_WGRAD1(8); continue; }
+      if (n == 7) { HPS_WGRAD1(7); continue; }
+    }
+    switch (n) {
+      case 6: HPS_WGRAD1(6); break;
+      case 5: HPS_WGRAD1(5); break;
+      case 4: HPS_WGRAD1(4); break;
+      case 3: HPS_WGRAD1(3); break;
+      case 2: HPS_WGRAD1(2); break;
+      default: HPS_WGRAD1(1); break;
+    }
+#undef HPS_WGRAD1
+  }
+}
+
+// One window backward: g (T/2, F * C), the gradient of conv1_pool_relu's output, and its code;
+// x (T, F). Adds the weight's gradient to gw (k * k, Cp) and the bias's to gb (Cp). G: the
+// unpooled gradient (T, F * C) plus slack.
+HPS_CLONES void conv1_backward_window(const float* __restrict__ g, const uint8_t* __restrict__ code,
+                                      const float* __restrict__ x, float* __restrict__ pad, float* __restrict__ G,
+                                      float* __restrict__ gw, float* __restrict__ gb, int64_t T, int64_t F,
+                                      int64_t C, int64_t k) {
+  const Padded pg{T, F, 1, k / 2};
+  const int64_t R = F * C, Cp = round8(C), rows = 2 * (T / 2);  // an odd T's last row has no gradient
+  for (int64_t t = 0; t < T; ++t) std::copy_n(x + t * F, F, pg.row(pad, t));
+  for (int64_t t2 = 0; t2 < T / 2; ++t2) unpool_row(g + t2 * R, code + t2 * R, G + 2 * t2 * R, G + (2 * t2 + 1) * R, R);
+  add_channel_sums(G, rows * F, C, gb);
+  for (int64_t c0 = 0; c0 < C;) {
+    if (C - c0 > kVec) {
+      wgrad1_taps<2>(pad, G, rows, F, pg.Fp(), C, k, c0, gw, Cp);
+      c0 += 2 * kVec;
+    } else {
+      wgrad1_taps<1>(pad, G, rows, F, pg.Fp(), C, k, c0, gw, Cp);
+      c0 += kVec;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_direct(const at::Tensor& x, const at::Tensor& weight,
+                                                          const at::Tensor& bias) {
+  const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = weight.size(0), k = weight.size(2);
+  const int64_t T2 = T / 2, R = F * C, Cp = round8(C);
+  const auto wt = taps_layout(weight, false);
+  std::vector<float> b(Cp + kVec, 0.0f);
+  std::copy_n(bias.contiguous().const_data_ptr<float>(), C, b.data());
+  auto out = at::empty({B, C, T2, F}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
+  const float* xp = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  uint8_t* cp = code.mutable_data_ptr<uint8_t>();
+  const Padded g{T, F, 1, k / 2};
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(g.size(), 0.0f), pre(2 * F * Cp);  // borders stay 0
+    for (int64_t i = begin; i < end; ++i)
+      conv1_forward_window(xp + i * T * F, wt.data(), b.data(), pad.data(), pre.data(), op + i * T2 * R,
+                           cp + i * T2 * R, T, F, C, k);
+  });
+  return {out, code};
+}
+
+// The weight's and bias's gradients, summed per fixed chunk of kChunk windows, then the chunks in
+// order (the same float result on any number of threads).
+std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_direct_backward(const at::Tensor& g, const at::Tensor& code,
+                                                                   const at::Tensor& x, int64_t k) {
+  const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = g.size(1), T2 = T / 2, R = F * C;
+  const int64_t Cp = round8(C), NW = k * k * Cp, N = NW + Cp;  // per chunk: weight (k * k, Cp), bias (Cp)
+  const int64_t n_chunks = (B + kChunk - 1) / kChunk;
+  std::vector<float> partial(n_chunks * N, 0.0f);
+  const float* gp = g.const_data_ptr<float>();
+  const uint8_t* cp = code.const_data_ptr<uint8_t>();
+  const float* xp = x.const_data_ptr<float>();
+  const Padded pg{T, F, 1, k / 2};
+  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(pg.size(), 0.0f), G(T * R + 2 * kVec, 0.0f);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      float* gw = partial.data() + chunk * N;
+      for (int64_t b = chunk * kChunk; b < std::min(B, (chunk + 1) * kChunk); ++b)
+        conv1_backward_window(gp + b * T2 * R, cp + b * T2 * R, xp + b * T * F, pad.data(), G.data(), gw, gw + NW,
+                              T, F, C, k);
+    }
+  });
+  for (int64_t chunk = 1; chunk < n_chunks; ++chunk)  // chunks in order: a fixed summation order
+    for (int64_t j = 0; j < N; ++j) partial[j] += partial[chunk * N + j];
+  auto grad_weight = at::empty({C, 1, k, k}, x.options());
+  auto grad_bias = at::empty({C}, x.options());
+  float* gw = grad_weight.mutable_data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t q = 0; q < k * k; ++q) gw[c * k * k + q] = partial[q * Cp + c];
+  std::copy_n(partial.data() + NW, C, grad_bias.mutable_data_ptr<float>());
+  return {grad_weight, grad_bias};
+}
+
 // x (B, T, F); weight (C, 1, k, k); bias (C). Returns relu(maxpool_(2,1)(conv(x))) as (B, C, T/2, F)
 // channels-last, and the pool's code.
 std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, const at::Tensor& weight,
@@ -495,6 +791,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, cons
   const auto x = input.contiguous();
   const auto w = weight.contiguous();
   const auto bc = bias.contiguous();
+  if (!avx) return conv1_pool_relu_direct(x, w, bc);
   const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = w.size(0), k = w.size(2);
   const int64_t T2 = T / 2, R = F * C, Rp = padded(R), K = k * F;
   std::vector<float> band(K * Rp), bias_row(Rp);
@@ -528,6 +825,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
   const int64_t p = k / 2, K = k * F, Rp = padded(R), N = (K + 1) * Rp;  // per chunk: band (K, Rp), bias row
   TORCH_CHECK(T / 2 == T2 && g.size(0) == B && g.size(3) == F && code.numel() == B * T2 * R,
               "conv1_pool_relu_backward: shapes do not match");
+  if (!avx) return conv1_pool_relu_direct_backward(g, code, x, k);
   const int64_t n_chunks = (B + kChunk - 1) / kChunk;
   std::vector<float> partial(n_chunks * N, 0.0f);
   const float* gp = g.const_data_ptr<float>();
@@ -566,126 +864,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
   return {grad_weight, grad_bias};
 }
 
-// ------------------------------------------------------------ conv2 as direct convolutions
-//
-// Why hand-written: at the CNN's sizes (8 -> 16 channels over 48 x 6 pixels) oneDNN's
-// convolution runs at about half of matmul speed forward and less backward (measured at batch 256
-// on 2 AVX2 cores: forward 97 GFLOP/s, input and weight gradients 77, float32 matmul 186), and its
-// output is a tensor that the pool then reads again. Here each window's convolution runs from a
-// zero-padded copy of its input that stays in L1, each output summed in registers: forward, the
-// pair of rows that one pooled row needs, then pooled at once (never stored); backward, the
-// gradient unpooled into a padded copy, the input's gradient as a convolution of it with the
-// flipped weight, and the weight's gradient summed per tap. Written with the compilers' vector
-// extension (8 floats, one AVX2 register) and compiled by HPS_CLONES for each ISA; where the CPU
-// has AVX-512, conv2_pool_relu_avx512 below runs the forward at 16 floats and oneDNN the backward
-// (measured there: 34-36 % of matmul; these 8-float kernels are not measured there).
-//
-// Padded buffers are (rows, F + 2p, C) channels-last, with p = k/2 zero pixels around each row,
-// p zero rows above and p + 1 below (the last so that a pair of rows can start at the last row),
-// and slack for a vector read past the last channel. Weights are (k, k, Cin, Coutp), Coutp = Cout
-// rounded up to 8, zeros in the padding lanes; outputs are written at that stride and compacted.
-
-inline int64_t round8(int64_t n) { return (n + kVec - 1) / kVec * kVec; }
-
-struct Padded {  // geometry of a padded buffer
-  int64_t rows, F, C, p;
-  int64_t Fp() const { return F + 2 * p; }
-  int64_t size() const { return (rows + 2 * p + 1) * Fp() * C + 2 * kVec; }
-  float* row(float* buf, int64_t t) const { return buf + ((t + p) * Fp() + p) * C; }  // pixel (t, 0)
-};
-
-// Output rows t and t + 1 of a direct k x k convolution of the padded input `pad` (Cin channels),
-// at pixels f0 .. f0 + FB - 1 and output channels c0 .. c0 + 8 NV - 1, into e and o, (F, Coutp)
-// each. 2 FB NV sums side by side hide the multiply-add latency (12 of AVX2's 16 registers).
-template <int NV, int FB>
-HPS_INLINE void conv_block(const float* pad, int64_t Fp, int64_t Cin, const float* wt, int64_t Coutp, int64_t k,
-                           int64_t t, int64_t f0, int64_t c0, const float* bias, float* e, float* o) {
-  vf8 acc[2][FB][NV];
-  for (int v = 0; v < NV; ++v) {
-    const vf8 b = load8(bias + c0 + kVec * v);
-    for (int u = 0; u < FB; ++u) acc[0][u][v] = acc[1][u][v] = b;
-  }
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j) {
-      const float* w = wt + (i * k + j) * Cin * Coutp + c0;
-      const float* x0 = pad + ((t + i) * Fp + f0 + j) * Cin;  // padded row t + i, pixel f0 + j
-      const float* x1 = x0 + Fp * Cin;  // row t + 1 + i
-      for (int64_t ci = 0; ci < Cin; ++ci) {
-        vf8 wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = load8(w + ci * Coutp + kVec * v);
-        for (int u = 0; u < FB; ++u) {
-          const vf8 s0 = bcast8(x0[u * Cin + ci]), s1 = bcast8(x1[u * Cin + ci]);
-          for (int v = 0; v < NV; ++v) {
-            acc[0][u][v] += s0 * wv[v];
-            acc[1][u][v] += s1 * wv[v];
-          }
-        }
-      }
-    }
-  for (int u = 0; u < FB; ++u)
-    for (int v = 0; v < NV; ++v) {
-      store8(e + (f0 + u) * Coutp + c0 + kVec * v, acc[0][u][v]);
-      store8(o + (f0 + u) * Coutp + c0 + kVec * v, acc[1][u][v]);
-    }
-}
-
-template <int NV>
-HPS_INLINE void conv_blocks(const float* pad, int64_t F, int64_t Fp, int64_t Cin, const float* wt, int64_t Coutp,
-                            int64_t k, int64_t t, int64_t c0, const float* bias, float* e, float* o) {
-  constexpr int64_t kMax = NV == 2 ? 3 : 6;  // pixels per block: 2 * kMax * NV = 12 sums
-  for (int64_t f0 = 0; f0 < F; f0 += kMax) {
-    const int64_t n = std::min(kMax, F - f0);
-    if constexpr (NV == 1) {
-      if (n == 6) { conv_block<1, 6>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
-      if (n == 5) { conv_block<1, 5>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
-      if (n == 4) { conv_block<1, 4>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
-    }
-    if (n >= 3) conv_block<NV, 3>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
-    else if (n == 2) conv_block<NV, 2>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
-    else conv_block<NV, 1>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
-  }
-}
-
-// Rows t and t + 1 of the convolution, every pixel and output channel, into e and o (F, Coutp).
-HPS_INLINE void conv_rows(const float* pad, int64_t F, int64_t Fp, int64_t Cin, const float* wt, int64_t Cout,
-                          int64_t Coutp, int64_t k, int64_t t, const float* bias, float* e, float* o) {
-  for (int64_t c0 = 0; c0 < Cout;) {
-    if (Cout - c0 > kVec) {
-      conv_blocks<2>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
-      c0 += 2 * kVec;
-    } else {
-      conv_blocks<1>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
-      c0 += kVec;
-    }
-  }
-}
-
-// (F, Cp) rows to (F, C) in place, where C < Cp.
-inline void compact(float* row, int64_t F, int64_t C, int64_t Cp) {
-  if (C == Cp) return;
-  for (int64_t f = 0; f < F; ++f) std::memmove(row + f * C, row + f * Cp, C * sizeof(float));
-}
-
-// The weight (Cout, Cin, k, k) as (k, k, Cin, Coutp); flipped: w[c][ci][k-1-i][k-1-j] at (i, j,
-// c, ci), i.e. the weight of the convolution that gives the input's gradient (Cout <-> Cin).
-std::vector<float> taps_layout(const at::Tensor& weight, bool flipped) {
-  const auto wc = weight.contiguous();
-  const float* w = wc.const_data_ptr<float>();
-  const int64_t Co = weight.size(0), Ci = weight.size(1), k = weight.size(2);
-  const int64_t Cin = flipped ? Co : Ci, Coutp = round8(flipped ? Ci : Co);
-  std::vector<float> out(k * k * Cin * Coutp, 0.0f);
-  for (int64_t co = 0; co < Co; ++co)
-    for (int64_t ci = 0; ci < Ci; ++ci)
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < k; ++j) {
-          const float v = w[((co * Ci + ci) * k + i) * k + j];
-          if (flipped)
-            out[(((k - 1 - i) * k + (k - 1 - j)) * Cin + co) * Coutp + ci] = v;
-          else
-            out[((i * k + j) * Cin + ci) * Coutp + co] = v;
-        }
-  return out;
-}
+// ------------------------------------------------------ conv2 + pool + ReLU, direct, 8 floats
 
 // One window forward: a1 (T1, F, C1) -> relu(pool(conv2(a1))) as out (C2, T1/2, F) and code
 // (T1/2, F * C2). pad: Padded{T1, F, C1, p}; pre: 2 rows (F, C2p); row: (F * C2).
@@ -769,11 +948,7 @@ HPS_CLONES void conv2_backward_window(const float* __restrict__ grad, const uint
     unpool_row(row, code + t2 * R, gg.row(gpad, 2 * t2), gg.row(gpad, 2 * t2 + 1), R);
   }
   // (An odd T1's last row is not pooled: its gradient is 0, and that row of gpad is never written.)
-  for (int64_t t = 0; t < T1; ++t) {
-    const float* gr = gg.row(gpad, t);
-    for (int64_t f = 0; f < F; ++f)
-      for (int64_t c = 0; c < C2; ++c) gb[c] += gr[f * C2 + c];
-  }
+  for (int64_t t = 0; t < T1; ++t) add_channel_sums(gg.row(gpad, t), F, C2, gb);
   for (int64_t c0 = 0; c0 < C2;) {
     if (C2 - c0 > kVec) {
       wgrad_taps<2>(apad, gpad, ag, gg, c0, gw, C2p, k);
