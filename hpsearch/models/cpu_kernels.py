@@ -3,7 +3,7 @@
 torch's JIT extension loader compiles the C++ file with the machine's C++ compiler and ninja (the
 `ninja` wheel is a dependency) into `<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/
 hpsearch-py<python>_torch<version>/` (e.g. hpsearch-py311_torch2.13.0_cpu); the build takes
-~6-10 s, later processes load it in ~1 s.
+~20-25 s on 2 cores, later processes load it in ~1 s.
 `hpsearch run` and `hpsearch train` build it before the first trial (`prepare`), so that no
 trial's time includes it and parallel workers find it built. Where it cannot be built (no
 compiler, a torch without headers) or HPSEARCH_CPU_KERNELS=0 is set, `ops()` returns None and
@@ -76,7 +76,7 @@ def prepare(console=None) -> None:
     so = build_dir() / f"{NAME}.so"
     due = not so.exists() or so.stat().st_mtime < SOURCE.stat().st_mtime
     if console is not None and due and _compiler() is not None:  # else ops() says why in one line
-        console.print(f"building hpsearch's CPU kernels into {build_dir()} (once per machine, ~10 s)")
+        console.print(f"building hpsearch's CPU kernels into {build_dir()} (once per machine, ~20 s)")
     if ops() is None:
         os.environ[ENV_UNAVAILABLE] = str(_state["why"])
 
