@@ -268,3 +268,24 @@ def test_direct_conv2_gradients_do_not_depend_on_the_thread_count(ops):
         torch.set_num_threads(threads)
     for got in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(got, results[0], strict=True))
+
+
+def test_conv2_weights_that_do_not_fit_the_input_are_refused(ops):
+    # The kernels index buffers by these shapes: a mismatch must raise, not read past a buffer.
+    a1 = torch.randn(2, 8, 6, 3).contiguous(memory_format=CL)
+    x = torch.randn(2, 12, 3)
+    w1, b1 = torch.randn(8, 1, 3, 3), torch.randn(8)
+    for w2, b2 in [
+        (torch.randn(4, 4, 3, 3), torch.randn(4)),  # input channels: 4, not 8
+        (torch.randn(4, 8, 3, 3), torch.randn(2)),  # bias: 2, not 4
+        (torch.randn(4, 8, 2, 2), torch.randn(4)),  # an even kernel
+        (torch.randn(4, 8, 3, 3).double(), torch.randn(4)),
+    ]:
+        with pytest.raises(RuntimeError):
+            ops.conv2_pool_relu_direct(a1, w2, b2)
+        with pytest.raises(RuntimeError):
+            ops.features(x, w1, b1, w2, b2)
+    with pytest.raises(RuntimeError):
+        ops.conv2_pool_relu_direct_backward(
+            torch.randn(2, 4, 3, 3), torch.zeros(2, 3, 12, dtype=torch.uint8), a1, torch.randn(4, 4, 3, 3)
+        )

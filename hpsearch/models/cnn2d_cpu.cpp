@@ -264,6 +264,20 @@ void check_float_cpu(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, what, ": float32 CPU tensor expected");
 }
 
+// conv2's input a1 (B, C1, T, F), weight (C2, C1, k, k) with odd k and bias (C2): float32 CPU
+// tensors whose shapes agree (the kernels index by them).
+void check_conv2(const at::Tensor& a1, const at::Tensor& w2, const at::Tensor* b2, const char* what) {
+  check_float_cpu(a1, what);
+  check_float_cpu(w2, what);
+  TORCH_CHECK(a1.dim() == 4 && w2.dim() == 4 && w2.size(1) == a1.size(1) && w2.size(2) == w2.size(3) &&
+                  w2.size(2) % 2 == 1,
+              what, ": input (B, C1, T, F) and weight (C2, C1, k, k) with odd k expected");
+  if (b2 != nullptr) {
+    check_float_cpu(*b2, what);
+    TORCH_CHECK(b2->numel() == w2.size(0), what, ": bias (C2) expected");
+  }
+}
+
 // One window's pooled row t2, (F, C) channels-last, to and from its (C, T2, F) default layout.
 inline void row_to_nchw(const float* row, float* win, int64_t C, int64_t T2, int64_t F, int64_t t2) {
   for (int64_t c = 0; c < C; ++c)
@@ -790,7 +804,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
   const auto x = input.contiguous();
   const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = g.size(1), T2 = g.size(2), R = F * C;
   const int64_t p = k / 2, K = k * F, Rp = padded(R), N = (K + 1) * Rp;  // per chunk: band (K, Rp), bias row
-  TORCH_CHECK(T / 2 == T2 && g.size(0) == B && g.size(3) == F && code.numel() == B * T2 * R,
+  TORCH_CHECK(T / 2 == T2 && g.size(0) == B && g.size(3) == F && code.numel() == B * T2 * R && k % 2 == 1 && k > 0,
               "conv1_pool_relu_backward: shapes do not match");
   if (!avx) return conv1_pool_relu_direct_backward(g, code, x, k);
   const int64_t n_chunks = (B + kChunk - 1) / kChunk;
@@ -944,6 +958,7 @@ HPS_CLONES void conv2_backward_window(const float* __restrict__ grad, const uint
 // returns: (B, C2, T1/2, F) in the default layout, and the code (B, T1/2, F * C2).
 std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_direct(const at::Tensor& a1, const at::Tensor& w2,
                                                           const at::Tensor& b2) {
+  check_conv2(a1, w2, &b2, "conv2_pool_relu_direct");
   const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C1 = x.size(1), T1 = x.size(2), F = x.size(3);
   const int64_t C2 = w2.size(0), k = w2.size(2), T2 = T1 / 2, R = F * C2, C2p = round8(C2);
@@ -973,6 +988,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2_pool_relu_direct_backward(c
                                                                                const at::Tensor& code,
                                                                                const at::Tensor& a1,
                                                                                const at::Tensor& w2) {
+  check_conv2(a1, w2, nullptr, "conv2_pool_relu_direct_backward");
+  check_float_cpu(grad_output, "conv2_pool_relu_direct_backward");
   const bool rows_ok = grad_output.dim() == 4 && grad_output.stride(3) == 1 &&
                        grad_output.stride(2) == grad_output.size(3) &&
                        grad_output.stride(1) == grad_output.size(2) * grad_output.size(3);
@@ -1077,6 +1094,7 @@ HPS_TARGET_AVX512 void conv2_window(const float* xb, const float* wt, const floa
 // returns: (B, C2, T/2, F) in the default layout, and the code (B, T/2, F * C2).
 std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_avx512(const at::Tensor& a1, const at::Tensor& w2,
                                                           const at::Tensor& b2) {
+  check_conv2(a1, w2, &b2, "conv2_pool_relu");
   const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C1 = x.size(1), T = x.size(2), F = x.size(3);
   const int64_t C2 = w2.size(0), k = w2.size(2), p = k / 2, T2 = T / 2, R = F * C2;
@@ -1129,6 +1147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features(const at::Te
                                                                     const at::Tensor& b1, const at::Tensor& w2,
                                                                     const at::Tensor& b2) {
   auto [a1, code1] = conv1_pool_relu(x, w1, b1);
+  check_conv2(a1, w2, &b2, "features");
   switch (conv2_path()) {
 #ifdef HPS_AVX512
     case Conv2::kAvx512: {
