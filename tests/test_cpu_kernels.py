@@ -1,8 +1,8 @@
 """The CNN's fused CPU kernels (hpsearch/models/cnn2d_cpu.cpp) compute what torch's modules compute.
 
-MaxPool2d((2, 1)) then ReLU, and a one-channel Conv2d before them, are the definitions; the
-kernels must give the same outputs (the pool: bit for bit) and the same gradients, on ties, NaN,
-odd lengths and channel counts that do not fill a vector register.
+MaxPool2d((2, 1)) then ReLU, and the Conv2d before them (one input channel, then C1), are the
+definitions; the kernels must give the same outputs (the pool: bit for bit) and the same
+gradients, on ties, NaN, odd lengths and channel counts that do not fill a vector register.
 """
 
 from __future__ import annotations

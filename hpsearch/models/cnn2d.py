@@ -92,9 +92,11 @@ class Cnn2d(nn.Module):
         # The reference's Conv2d, ReLU, MaxPool2d((2, 1)) twice, computed faster with the same values
         # (tests/test_speed_equal.py checks outputs and gradients against hpsearch.reference).
         # On CPU, float32, the block is one fused C++ op each way (_Features, cnn2d_cpu.cpp:
-        # conv1 + pool + ReLU in one pass, conv2 + pool + ReLU in one pass), measured 1.4-1.6x
-        # this module path's epoch at batch 64. These modules are the parameters, the
-        # state_dict and, elsewhere (CUDA, MPS, no C++ compiler, torch.compile), the computation:
+        # conv1 + pool + ReLU in one pass, conv2 + pool + ReLU in one pass, each convolution
+        # summed in registers), measured 2.6x this module path's epoch at batch 64 on 2 AVX2
+        # cores (1.4-1.6x on an AVX-512 Xeon, where conv2's backward is oneDNN's). These modules
+        # are the parameters, the state_dict and, elsewhere (CUDA, MPS, no C++ compiler,
+        # torch.compile), the computation:
         # - the first conv is one matrix product that writes channels-last activations (see
         #   OneChannelConv2d); the pools and the second conv then run in that layout, where oneDNN
         #   is fastest on CPU (measured: the second conv's backward ~2x, MaxPool2d ~5x);
