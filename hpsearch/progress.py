@@ -119,7 +119,7 @@ def best_trials_table(study: optuna.Study, top: int = 5) -> Table:
             f"; {caption}" if caption else ""
         )
     table = Table(
-        title=f"study '{study.study_name}': best {min(top, len(done))} of {len(study.trials)} trials",
+        title=f"study '{study.study_name}': the {min(top, len(done))} best of {len(study.trials)} trials",
         caption=caption,
     )
     for col in ("trial", "valid MSE", "epoch", "stop", "params", "train s"):

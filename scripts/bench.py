@@ -43,6 +43,7 @@ import numpy as np
 import optuna
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -1016,15 +1017,14 @@ def print_table(b: Bench, load0, load1, seconds: float, quick: bool) -> None:
         + (", shrunk by --quick." if quick else "."),
         *b.notes,
     ]
-    table = Table(title=title, caption="\n".join(notes), show_lines=False)
+    table = Table(title=escape(title), caption=escape("\n".join(notes)), show_lines=False)
     for col in ("section", "measure", "hpsearch", "baseline", "ratio", "target", "met"):
         table.add_column(col, overflow="fold")
     last = None
     for r in b.rows:
         met = "" if r.met is None else ("yes" if r.met else "NO")
-        table.add_row(
-            r.section if r.section != last else "", r.what, r.ours, r.baseline, r.ratio, r.target, met
-        )
+        cells = (r.section if r.section != last else "", r.what, r.ours, r.baseline, r.ratio, r.target, met)
+        table.add_row(*(escape(c) for c in cells))  # "[...]" in a row is text, not rich markup
         last = r.section
     Console(width=220).print(table)
 

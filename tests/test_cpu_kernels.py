@@ -289,3 +289,26 @@ def test_conv2_weights_that_do_not_fit_the_input_are_refused(ops):
         ops.conv2_pool_relu_direct_backward(
             torch.randn(2, 4, 3, 3), torch.zeros(2, 3, 12, dtype=torch.uint8), a1, torch.randn(4, 4, 3, 3)
         )
+
+
+def test_the_recorded_status_names_the_measuring_switches(ops, monkeypatch):
+    monkeypatch.delenv("HPSEARCH_CPU_KERNELS_GENERIC", raising=False)
+    monkeypatch.delenv("HPSEARCH_CPU_KERNELS_ONEDNN", raising=False)
+    assert cpu_kernels.status() == "fused"
+    monkeypatch.setenv("HPSEARCH_CPU_KERNELS_ONEDNN", "1")
+    assert cpu_kernels.status() == "fused (HPSEARCH_CPU_KERNELS_ONEDNN=1)"
+    monkeypatch.setenv("HPSEARCH_CPU_KERNELS_ONEDNN", "0")
+    assert cpu_kernels.status() == "fused"
+
+
+def test_the_build_folder_is_one_per_version_of_the_source(monkeypatch, tmp_path):
+    # torch rebuilds whenever the source path changes: two checkouts must not share one folder.
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    here = cpu_kernels.build_dir()
+    assert here.parent == tmp_path and here.name.startswith("hpsearch-py")
+    other = tmp_path / "cnn2d_cpu.cpp"
+    other.write_bytes(cpu_kernels.SOURCE.read_bytes())
+    monkeypatch.setattr(cpu_kernels, "SOURCE", other)
+    assert cpu_kernels.build_dir() == here  # the same text elsewhere: the same build
+    other.write_bytes(other.read_bytes() + b"// changed\n")
+    assert cpu_kernels.build_dir() != here

@@ -2,8 +2,9 @@
 
 torch's JIT extension loader compiles the C++ file with the machine's C++ compiler and ninja (the
 `ninja` wheel is a dependency) into `<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/
-hpsearch-py<python>_torch<version>/` (e.g. hpsearch-py311_torch2.13.0_cpu); the build takes
-~20-25 s on 2 cores, later processes load it in ~1 s.
+hpsearch-py<python>_torch<version>-<hash of the source>/` (e.g.
+hpsearch-py311_torch2.13.0_cpu-3f9a0c1e2b); the build takes ~20 s on 2 cores, later processes load
+it in ~1 s.
 `hpsearch run` and `hpsearch train` build it before the first trial (`prepare`), so that no
 trial's time includes it and parallel workers find it built. Where it cannot be built (no
 compiler, a torch without headers) or HPSEARCH_CPU_KERNELS=0 is set, `ops()` returns None and
@@ -14,6 +15,7 @@ recorded with each trial (`status()`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -26,6 +28,9 @@ import torch
 SOURCE = Path(__file__).with_name("cnn2d_cpu.cpp")
 NAME = "hpsearch_cnn2d_cpu"
 ENV = "HPSEARCH_CPU_KERNELS"  # "0": never build or use them
+# Measuring switches read by the C++ (any value but "" or "0..." sets them): the generic code on
+# an AVX-512 CPU, oneDNN's conv2 instead of hpsearch's. status() names those that are set.
+SWITCHES = ("HPSEARCH_CPU_KERNELS_GENERIC", "HPSEARCH_CPU_KERNELS_ONEDNN")
 # Set by prepare() when the build failed, so that worker processes skip it and report why.
 ENV_UNAVAILABLE = "HPSEARCH_CPU_KERNELS_UNAVAILABLE"
 
@@ -60,12 +65,16 @@ def ops():
 
 
 def status() -> str:
-    """For provenance: 'fused' (the kernels ran), 'disabled', 'unavailable: why', or 'not loaded'."""
+    """For provenance: 'fused' (the kernels ran; with the measuring switches set, which), 'disabled',
+    'unavailable: why', or 'not loaded'."""
     if not enabled():
         return "disabled"
     if "ops" not in _state:
         return "not loaded"
-    return "fused" if _state["ops"] is not None else f"unavailable: {_state['why']}"
+    if _state["ops"] is None:
+        return f"unavailable: {_state['why']}"
+    switches = [f"{name}=1" for name in SWITCHES if os.environ.get(name, "")[:1] not in ("", "0")]
+    return "fused" + (f" ({', '.join(switches)})" if switches else "")
 
 
 def prepare(console=None) -> None:
@@ -73,20 +82,34 @@ def prepare(console=None) -> None:
     tell child processes (parallel workers) not to try again."""
     if not enabled() or "ops" in _state:
         return
-    so = build_dir() / f"{NAME}.so"
-    due = not so.exists() or so.stat().st_mtime < SOURCE.stat().st_mtime
+    due = not (build_dir() / f"{NAME}.so").exists()
     if console is not None and due and _compiler() is not None:  # else ops() says why in one line
         console.print(f"building hpsearch's CPU kernels into {build_dir()} (once per machine, ~20 s)")
     if ops() is None:
         os.environ[ENV_UNAVAILABLE] = str(_state["why"])
 
 
+def _flags() -> list[str]:
+    # -O3 vectorizes the row loops (the source picks the vector width at load time, so no
+    # -march flag: a cache shared by several machines holds code each of them can run).
+    # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it runs on one
+    # thread. On Linux the linked libgomp.so.1 is torch's own, already loaded (same soname).
+    flags = ["-O3"]
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        flags.append("-fopenmp")
+    return flags
+
+
 def build_dir() -> Path:
+    """One folder per Python, torch and version of the source (with its flags): torch rebuilds an
+    extension whenever the source path it was built from changes, so two checkouts sharing one
+    folder would rebuild each other's on every run (measured: ~20 s each time, silently)."""
     base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
     tag = re.sub(
         r"[^A-Za-z0-9_.]", "_", f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
     )
-    return Path(base) / f"hpsearch-{tag}"
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_flags()).encode()).hexdigest()[:10]
+    return Path(base) / f"hpsearch-{tag}-{digest}"
 
 
 def _compiler() -> str | None:
@@ -136,13 +159,7 @@ def _load():
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
-        # -O3 vectorizes the row loops (the source picks the vector width at load time, so no
-        # -march flag: a cache shared by several machines holds code each of them can run).
-        # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it runs on one
-        # thread. On Linux the linked libgomp.so.1 is torch's own, already loaded (same soname).
-        flags = ["-O3"]
-        if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
-            flags.append("-fopenmp")
+        flags = _flags()
         folder = build_dir()
         folder.mkdir(parents=True, exist_ok=True)
         with _build_lock(folder):
