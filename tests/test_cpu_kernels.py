@@ -302,7 +302,8 @@ def test_the_recorded_status_names_the_measuring_switches(ops, monkeypatch):
 
 
 def test_the_build_folder_is_one_per_version_of_the_source(monkeypatch, tmp_path):
-    # torch rebuilds whenever the source path changes: two checkouts must not share one folder.
+    # Two checkouts of one version share one build (built from a copy of the source in the folder,
+    # since torch rebuilds whenever the source's path changes); another version gets its own.
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     here = cpu_kernels.build_dir()
     assert here.parent == tmp_path and here.name.startswith("hpsearch-py")

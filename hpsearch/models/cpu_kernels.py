@@ -101,9 +101,10 @@ def _flags() -> list[str]:
 
 
 def build_dir() -> Path:
-    """One folder per Python, torch and version of the source (with its flags): torch rebuilds an
-    extension whenever the source path it was built from changes, so two checkouts sharing one
-    folder would rebuild each other's on every run (measured: ~20 s each time, silently)."""
+    """One folder per Python, torch and version of the source (with its flags). The source is
+    built from a copy inside it: torch rebuilds an extension whenever the path of the source it was
+    built from changes, so two checkouts building their own files into one folder rebuilt each
+    other's on every run (measured: ~20 s each time, silently)."""
     base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
     tag = re.sub(
         r"[^A-Za-z0-9_.]", "_", f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
@@ -163,9 +164,13 @@ def _load():
         folder = build_dir()
         folder.mkdir(parents=True, exist_ok=True)
         with _build_lock(folder):
+            source = folder / SOURCE.name  # the same path for every checkout of this version
+            text = SOURCE.read_bytes()
+            if not source.exists() or source.read_bytes() != text:
+                source.write_bytes(text)
             cpp_extension.load(
                 name=NAME,
-                sources=[str(SOURCE)],
+                sources=[str(source)],
                 extra_cflags=flags,
                 extra_ldflags=flags[1:],
                 build_directory=str(folder),
