@@ -88,19 +88,25 @@ def test_conv1_pool_relu_equals_conv_then_pool_then_relu(ops, c1, k, T, F):
     torch.testing.assert_close(grad_bias, conv.bias.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_the_weight_gradient_does_not_depend_on_the_thread_count(ops):
-    torch.manual_seed(0)
-    x, w, b = torch.randn(70, 96, 6), torch.randn(8, 1, 3, 3), torch.randn(8)
-    out, code = ops.conv1_pool_relu(x, w, b)
-    g = torch.randn_like(out)
+def on_1_2_3_threads(fn) -> list:
+    """fn() run on 1, 2 and 3 torch threads (the thread count restored after)."""
     threads = torch.get_num_threads()
     try:
         results = []
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(ops.conv1_pool_relu_backward(g, code, x, 3))
+            results.append(fn())
     finally:
         torch.set_num_threads(threads)
+    return results
+
+
+def test_the_weight_gradient_does_not_depend_on_the_thread_count(ops):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(70, 96, 6), torch.randn(8, 1, 3, 3), torch.randn(8)
+    out, code = ops.conv1_pool_relu(x, w, b)
+    g = torch.randn_like(out)
+    results = on_1_2_3_threads(lambda: ops.conv1_pool_relu_backward(g, code, x, 3))
     for gw, gb in results[1:]:
         assert torch.equal(gw, results[0][0]) and torch.equal(gb, results[0][1])
 
@@ -258,14 +264,7 @@ def test_direct_conv2_gradients_do_not_depend_on_the_thread_count(ops):
     w, b = torch.randn(16, 8, 3, 3), torch.randn(16)
     out, code = ops.conv2_pool_relu_direct(a1, w, b)
     g = torch.randn_like(out)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(ops.conv2_pool_relu_direct_backward(g, code, a1, w))
-    finally:
-        torch.set_num_threads(threads)
+    results = on_1_2_3_threads(lambda: ops.conv2_pool_relu_direct_backward(g, code, a1, w))
     for got in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(got, results[0], strict=True))
 

@@ -463,13 +463,14 @@ inline void compact(float* row, int64_t F, int64_t C, int64_t Cp) {
   for (int64_t f = 0; f < F; ++f) std::memmove(row + f * C, row + f * Cp, C * sizeof(float));
 }
 
-// The weight (Cout, Cin, k, k) as (k, k, Cin, Coutp); flipped: w[c][ci][k-1-i][k-1-j] at (i, j,
-// c, ci), i.e. the weight of the convolution that gives the input's gradient (Cout <-> Cin).
-std::vector<float> taps_layout(const at::Tensor& weight, bool flipped) {
+// The weight (Cout, Cin, k, k) as (k, k, Cin, Coutp), Coutp = Cout rounded up to `lanes`, zeros in
+// the padding; flipped: w[c][ci][k-1-i][k-1-j] at (i, j, c, ci), i.e. the weight of the
+// convolution that gives the input's gradient (Cout <-> Cin).
+std::vector<float> taps_layout(const at::Tensor& weight, bool flipped, int64_t lanes = kVec) {
   const auto wc = weight.contiguous();
   const float* w = wc.const_data_ptr<float>();
   const int64_t Co = weight.size(0), Ci = weight.size(1), k = weight.size(2);
-  const int64_t Cin = flipped ? Co : Ci, Coutp = round8(flipped ? Ci : Co);
+  const int64_t Cin = flipped ? Co : Ci, Cout = flipped ? Ci : Co, Coutp = (Cout + lanes - 1) / lanes * lanes;
   std::vector<float> out(k * k * Cin * Coutp, 0.0f);
   for (int64_t co = 0; co < Co; ++co)
     for (int64_t ci = 0; ci < Ci; ++ci)
@@ -481,6 +482,13 @@ std::vector<float> taps_layout(const at::Tensor& weight, bool flipped) {
           else
             out[((i * k + j) * Cin + ci) * Coutp + co] = v;
         }
+  return out;
+}
+
+// The bias (C) in n >= C floats, zeros after it (vector loads read whole blocks of channels).
+std::vector<float> padded_bias(const at::Tensor& bias, int64_t n) {
+  std::vector<float> out(n, 0.0f);
+  std::copy_n(bias.contiguous().const_data_ptr<float>(), bias.numel(), out.data());
   return out;
 }
 
@@ -709,8 +717,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_direct(const at::Tensor& x, c
   const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = weight.size(0), k = weight.size(2);
   const int64_t T2 = T / 2, R = F * C, Cp = round8(C);
   const auto wt = taps_layout(weight, false);
-  std::vector<float> b(Cp + kVec, 0.0f);
-  std::copy_n(bias.contiguous().const_data_ptr<float>(), C, b.data());
+  const auto b = padded_bias(bias, Cp + kVec);
   auto out = at::empty({B, C, T2, F}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
   const float* xp = x.const_data_ptr<float>();
@@ -772,7 +779,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, cons
   const auto x = input.contiguous();
   const auto w = weight.contiguous();
   const auto bc = bias.contiguous();
-  if (!avx) return conv1_pool_relu_direct(x, w, bc);
+  if (!avx) return conv1_pool_relu_direct(x, w, bc);  // below: AVX-512, the banded product
   const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = w.size(0), k = w.size(2);
   const int64_t T2 = T / 2, R = F * C, Rp = padded(R), K = k * F;
   std::vector<float> band(K * Rp), bias_row(Rp);
@@ -789,7 +796,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, cons
       const float* in_e = inputs_at(xp + b * T * F, T, F, k, 2 * t2, in.data());  // the even step's inputs
       const float* in_o = inputs_at(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);  // the odd step's
       band_rows_avx512(in_e, in_o, band.data(), bias_row.data(), pre.data(), pre.data() + Rp, K, R, Rp);
-      pool_row(avx, pre.data(), pre.data() + Rp, op + r * R, cp + r * R, R);
+      pool_relu_row_avx512(pre.data(), pre.data() + Rp, op + r * R, cp + r * R, R);
     }
   });
   return {out, code};
@@ -806,7 +813,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
   const int64_t p = k / 2, K = k * F, Rp = padded(R), N = (K + 1) * Rp;  // per chunk: band (K, Rp), bias row
   TORCH_CHECK(T / 2 == T2 && g.size(0) == B && g.size(3) == F && code.numel() == B * T2 * R && k % 2 == 1 && k > 0,
               "conv1_pool_relu_backward: shapes do not match");
-  if (!avx) return conv1_pool_relu_direct_backward(g, code, x, k);
+  if (!avx) return conv1_pool_relu_direct_backward(g, code, x, k);  // below: AVX-512, the band
   const int64_t n_chunks = (B + kChunk - 1) / kChunk;
   std::vector<float> partial(n_chunks * N, 0.0f);
   const float* gp = g.const_data_ptr<float>();
@@ -820,7 +827,7 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
       for (int64_t b = chunk * kChunk; b < std::min(B, (chunk + 1) * kChunk); ++b) {
         for (int64_t t2 = 0; t2 < T2; ++t2) {
           const int64_t r = b * T2 + t2;
-          unpool(avx, gp + r * R, cp + r * R, grow.data(), grow.data() + Rp, R);
+          unpool_row_avx512(gp + r * R, cp + r * R, grow.data(), grow.data() + Rp, R);
           for (int64_t j = 0; j < R; ++j) gbias[j] += grow[j] + grow[Rp + j];
           const float* in_e = inputs_at(xp + b * T * F, T, F, k, 2 * t2, in.data());
           const float* in_o = inputs_at(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);
@@ -963,9 +970,7 @@ std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_direct(const at::Tensor& a1, 
   const int64_t B = x.size(0), C1 = x.size(1), T1 = x.size(2), F = x.size(3);
   const int64_t C2 = w2.size(0), k = w2.size(2), T2 = T1 / 2, R = F * C2, C2p = round8(C2);
   const auto wt = taps_layout(w2, false);
-  std::vector<float> bias(C2p + kVec, 0.0f);
-  const auto bc = b2.contiguous();
-  std::copy_n(bc.const_data_ptr<float>(), C2, bias.data());
+  const auto bias = padded_bias(b2, C2p + kVec);
   auto out = at::empty({B, C2, T2, F}, x.options());
   auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
   const float* xp = x.const_data_ptr<float>();
@@ -1094,21 +1099,12 @@ HPS_TARGET_AVX512 void conv2_window(const float* xb, const float* wt, const floa
 // returns: (B, C2, T/2, F) in the default layout, and the code (B, T/2, F * C2).
 std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_avx512(const at::Tensor& a1, const at::Tensor& w2,
                                                           const at::Tensor& b2) {
-  check_conv2(a1, w2, &b2, "conv2_pool_relu");
-  const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);  // shapes checked by features()
   const int64_t B = x.size(0), C1 = x.size(1), T = x.size(2), F = x.size(3);
   const int64_t C2 = w2.size(0), k = w2.size(2), p = k / 2, T2 = T / 2, R = F * C2;
   const int64_t C2p = (C2 + 15) / 16 * 16, Tp = T + 2 * p, Fp = F + 2 * p;
-  // Weight as (k, k, C1, C2p), zeros in the padded channels; bias as (C2p).
-  std::vector<float> wt(k * k * C1 * C2p, 0.0f), bias(C2p, 0.0f);
-  const auto wc = w2.contiguous();
-  const float* wp = wc.const_data_ptr<float>();
-  for (int64_t co = 0; co < C2; ++co)
-    for (int64_t ci = 0; ci < C1; ++ci)
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < k; ++j) wt[((i * k + j) * C1 + ci) * C2p + co] = wp[((co * C1 + ci) * k + i) * k + j];
-  const auto bc = b2.contiguous();
-  std::copy_n(bc.const_data_ptr<float>(), C2, bias.data());
+  const auto wt = taps_layout(w2, false, 16);  // (k, k, C1, C2p): whole registers of channels
+  const auto bias = padded_bias(b2, C2p);
   auto out = at::empty({B, C2, T2, F}, x.options());
   auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
   const float* xp = x.const_data_ptr<float>();

@@ -82,9 +82,10 @@ def prepare(console=None) -> None:
     tell child processes (parallel workers) not to try again."""
     if not enabled() or "ops" in _state:
         return
-    due = not (build_dir() / f"{NAME}.so").exists()
+    folder = build_dir()
+    due = not (folder / f"{NAME}.so").exists()
     if console is not None and due and _compiler() is not None:  # else ops() says why in one line
-        console.print(f"building hpsearch's CPU kernels into {build_dir()} (once per machine, ~20 s)")
+        console.print(f"building hpsearch's CPU kernels into {folder} (once per machine, ~20 s)")
     if ops() is None:
         os.environ[ENV_UNAVAILABLE] = str(_state["why"])
 
