@@ -3,7 +3,7 @@
 torch's JIT extension loader compiles the C++ file with the machine's C++ compiler and ninja (the
 `ninja` wheel is a dependency) into `<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/
 hpsearch-py<python>_torch<version>-<hash of the source>/` (e.g.
-hpsearch-py311_torch2.13.0_cpu-d4e32fcb88); the build takes ~20 s on 2 cores, later processes load
+hpsearch-py311_torch2.13.0_cpu-ebcb9322cf); the build takes ~20 s on 2 cores, later processes load
 it in ~1 s.
 `hpsearch run` and `hpsearch train` build it before the first trial (`prepare`), so that no
 trial's time includes it and parallel workers find it built. Where it cannot be built (no
