@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ def _quiet_optuna() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from hpsearch import interrupt
     from hpsearch.config import load_study
     from hpsearch.runner import run_study
     from hpsearch.storage import resolve_url
@@ -44,15 +44,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, device=args.device))
     _quiet_optuna()
     url = resolve_url(args.storage)
-    # SIGINT and SIGTERM (a scheduler's stop) both end the running trial as FAIL "interrupted".
-    # Installed explicitly: a shell script starting `hpsearch run ... &` leaves SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGINT and SIGTERM (a scheduler's stop) both end the running trial as FAIL "interrupted",
+    # never in the middle of a storage write (see hpsearch.interrupt). Installed explicitly: a
+    # shell script starting `hpsearch run ... &` leaves SIGINT ignored.
+    interrupt.install(repeat="raise", sigterm=True)
     try:
         run_study(cfg, url, console, n_trials=args.n_trials, workers=args.workers)
     except KeyboardInterrupt:
+        running = "the running trials were" if args.workers > 1 else "the running trial was"
         err_console.print(
-            f"interrupted: the running trial was marked FAIL; finished trials are kept in "
+            f"interrupted: {running} marked FAIL; finished trials are kept in "
             f"{mask_url(url)}. Run the same command again to resume."
         )
         return 130

@@ -18,6 +18,7 @@ import optuna
 import torch
 from rich.console import Console
 
+from hpsearch import interrupt
 from hpsearch.config import StudyConfig
 from hpsearch.progress import fmt_params, trial_progress
 
@@ -38,7 +39,9 @@ def worker_main(cfg: StudyConfig, storage_url: str, index: int, threads: int) ->
     from hpsearch.train import resolve_device
 
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, _interrupt_once)
+    # Ctrl-C in a terminal reaches every worker, and the parent passes it on too: the second
+    # signal must not interrupt the worker while it records its trial as FAIL "interrupted".
+    interrupt.install(repeat="ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     console = Console(highlight=False, soft_wrap=True)
     prep = prepare(cfg, resolve_device(cfg.training.device))
@@ -63,13 +66,6 @@ def worker_main(cfg: StudyConfig, storage_url: str, index: int, threads: int) ->
     # On Ctrl-C the trial is already marked FAIL "interrupted"; the parent says how to resume.
     with contextlib.suppress(KeyboardInterrupt):
         optimize(cfg, study, prep, on_trial_end=line)
-
-
-def _interrupt_once(_signum: int, _frame: object) -> None:
-    # Ctrl-C in a terminal reaches every worker, and the parent passes it on too: the second
-    # signal must not interrupt the worker while it records its trial as FAIL "interrupted".
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 def run_workers(cfg: StudyConfig, storage_url: str, workers: int, console: Console, done: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,26 @@ def _own_cache_dir(tmp_path_factory, monkeypatch):
     """Each test its own prepared-data cache (hpsearch/cache.py), never the working directory's
     runs/cache; subprocesses inherit it through the environment."""
     monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh database on the local PostgreSQL server, dropped after the test; skips without one."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg", reason="psycopg not installed: pip install hpsearch[postgres]")
+    name = f"hpsearch_test_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = f"no PostgreSQL server answers at {PG_ADMIN}: {str(exc).splitlines()[0]}"
+        print(reason)
+        pytest.skip(reason)
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()

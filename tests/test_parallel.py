@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import optuna
 import pytest
@@ -17,8 +16,6 @@ from rich.console import Console
 from hpsearch.config import from_dict
 from hpsearch.runner import FINISHED, run_study
 from tests.conftest import tiny_study
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def check_study(study: optuna.Study, n: int) -> None:
@@ -37,25 +34,6 @@ def test_three_workers_on_sqlite(data_dir, tmp_path):
     )
     study = run_study(cfg, f"sqlite:///{tmp_path}/s.db", Console(quiet=True), workers=3)
     check_study(study, 7)
-
-
-@pytest.fixture
-def pg_url():
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    pytest.importorskip("psycopg", reason="psycopg not installed: pip install hpsearch[postgres]")
-    name = f"hpsearch_test_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    except sqlalchemy.exc.OperationalError as exc:
-        reason = f"no PostgreSQL server answers at {PG_ADMIN}: {str(exc).splitlines()[0]}"
-        print(reason)
-        pytest.skip(reason)
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
 
 
 def test_three_workers_on_postgresql(data_dir, pg_url):
@@ -91,13 +69,14 @@ def slow_study(tmp_path, data_dir, n_trials=2):
     return path
 
 
-def start(path, url, **env):
+def start(path, url, *args, env=None, **popen):
     return subprocess.Popen(
-        [sys.executable, "-m", "hpsearch.cli", "run", "--study", str(path), "--storage", url],
-        env={**os.environ, **env},
+        [sys.executable, "-m", "hpsearch.cli", "run", "--study", str(path), "--storage", url, *args],
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
 
 
@@ -121,13 +100,13 @@ def test_sigkill_mid_trial_is_recovered_with_the_same_params(tmp_path, data_dir)
     url = f"sqlite:///{tmp_path}/s.db"
     path = slow_study(tmp_path, data_dir)
     env = {"HPSEARCH_HEARTBEAT_SECONDS": "1"}
-    proc = start(path, url, **env)
+    proc = start(path, url, env=env)
     killed = wait_for_running_trial(url, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert optuna.load_study(study_name="slow", storage=url).trials[killed.number].state.name == "RUNNING"
     time.sleep(4)  # > 3 missed heartbeats
-    proc = start(path, url, **env)
+    proc = start(path, url, env=env)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     study = optuna.load_study(study_name="slow", storage=url)
@@ -138,14 +117,15 @@ def test_sigkill_mid_trial_is_recovered_with_the_same_params(tmp_path, data_dir)
     assert len([t for t in trials if t.state in FINISHED]) == 2
 
 
-def test_ctrl_c_marks_the_trial_interrupted_and_rerun_resumes(tmp_path, data_dir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_marks_the_trial_interrupted_and_rerun_resumes(tmp_path, data_dir, signum):
     url = f"sqlite:///{tmp_path}/s.db"
     path = slow_study(tmp_path, data_dir, n_trials=2)
     proc = start(path, url)
     interrupted = wait_for_running_trial(url, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "Run the same command again to resume" in err and "Traceback" not in err + out
     trial = optuna.load_study(study_name="slow", storage=url).trials[interrupted.number]
     assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["stop_reason"] == "interrupted"
@@ -154,6 +134,37 @@ def test_ctrl_c_marks_the_trial_interrupted_and_rerun_resumes(tmp_path, data_dir
     assert proc.returncode == 0, err
     study = optuna.load_study(study_name="slow", storage=url)
     assert len([t for t in study.trials if t.state in FINISHED]) == 2
+
+
+def test_ctrl_c_in_a_terminal_stops_every_worker_cleanly(tmp_path, data_dir):
+    """A terminal's Ctrl-C reaches the parent and every worker, and the parent passes it on: each
+    worker gets it twice and must still record its trial as FAIL "interrupted"."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    path = slow_study(tmp_path, data_dir, n_trials=4)
+    # Its own process group, as a terminal gives a command.
+    proc = start(path, url, "--workers", "2", start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            running = optuna.load_study(study_name="slow", storage=url).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,)
+            )
+        except KeyError:
+            running = []
+        if len(running) == 2 and all(t.intermediate_values for t in running):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("two workers did not start their trials")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "the running trials were marked FAIL" in err and "Traceback" not in err + out
+    trials = optuna.load_study(study_name="slow", storage=url).trials
+    assert [(t.state, t.user_attrs.get("stop_reason")) for t in trials] == [
+        (optuna.trial.TrialState.FAIL, "interrupted")
+    ] * 2
 
 
 def test_a_schema_created_by_another_process_at_once_is_not_an_error(tmp_path, monkeypatch):

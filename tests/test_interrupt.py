@@ -1,0 +1,192 @@
+"""Ctrl-C never lands in the middle of a storage write (hpsearch.interrupt)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import optuna
+import pytest
+import sqlalchemy
+import sqlalchemy.orm
+import sqlalchemy.pool
+from rich.console import Console
+
+from hpsearch import interrupt
+from hpsearch.config import from_dict
+from hpsearch.runner import run_study
+from tests.conftest import tiny_study
+
+
+@pytest.fixture(autouse=True)
+def restore_handlers():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def module_function(module: str, source: str):
+    """A function whose frames report `module` as their module, as storage code's do."""
+    namespace = {"__name__": module}
+    exec(source, namespace)
+    return namespace["call"]
+
+
+STORAGE_CALL = module_function("sqlalchemy.fake_session", "def call(f):\n    return f()\n")
+
+
+def wait_for_interrupt(seconds: float = 2.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def no_interrupt_within(seconds: float) -> None:
+    # pytest stops the whole session on a KeyboardInterrupt, so one that escapes is a failure here.
+    try:
+        wait_for_interrupt(seconds)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt raised where none should be")
+
+
+def test_storage_modules_are_recognised_by_package_not_prefix():
+    def frame_in(module):
+        return module_function(module, "import sys\ndef call():\n    return sys._getframe()\n")()
+
+    assert interrupt.in_storage_code(frame_in("sqlalchemy.orm.session"))
+    assert interrupt.in_storage_code(frame_in("optuna.storages._rdb.storage"))
+    assert interrupt.in_storage_code(frame_in("sqlite3"))
+    assert not interrupt.in_storage_code(frame_in("sqlalchemy_utils"))
+    assert not interrupt.in_storage_code(frame_in("optuna.study._optimize"))
+    assert not interrupt.in_storage_code(frame_in("hpsearch.train"))
+
+
+def test_outside_storage_code_the_interrupt_is_raised_at_once():
+    interrupt.install()
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_inside_storage_code_the_interrupt_waits_until_the_call_returns():
+    handler = interrupt.install()
+    steps = []
+
+    def write():
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.05)  # several retries come and are deferred too
+        steps.append("write finished")
+        return "written"
+
+    with pytest.raises(KeyboardInterrupt):
+        assert STORAGE_CALL(write) == "written"
+        steps.append("returned")
+        wait_for_interrupt()
+    assert steps == ["write finished", "returned"] and handler.taken and not handler.pending
+
+
+def test_sigterm_is_deferred_the_same_way():
+    interrupt.install(sigterm=True)
+    steps = []
+
+    def write():
+        signal.raise_signal(signal.SIGTERM)
+        steps.append("write finished")
+
+    with pytest.raises(KeyboardInterrupt):
+        STORAGE_CALL(write)
+        wait_for_interrupt()
+    assert steps == ["write finished"]
+
+
+def test_a_second_ctrl_c_during_a_slow_write_stops_at_once():
+    interrupt.install(repeat="raise")
+    steps = []
+
+    def slow_write():
+        signal.raise_signal(signal.SIGINT)
+        steps.append("first deferred")
+        signal.raise_signal(signal.SIGINT)
+        steps.append("not reached")
+
+    with pytest.raises(KeyboardInterrupt):
+        STORAGE_CALL(slow_write)
+    assert steps == ["first deferred"]
+    no_interrupt_within(0.1)  # the first one's pending re-delivery is dropped, not raised again
+    with pytest.raises(KeyboardInterrupt):  # a further Ctrl-C later: the user means it
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_worker_takes_one_interrupt_and_ignores_the_copies():
+    interrupt.install(repeat="ignore")
+    steps = []
+
+    def write():
+        signal.raise_signal(signal.SIGINT)  # the terminal's Ctrl-C
+        signal.raise_signal(signal.SIGINT)  # the parent's copy of it
+        steps.append("write finished")
+
+    with pytest.raises(KeyboardInterrupt):
+        STORAGE_CALL(write)
+        wait_for_interrupt()
+    assert steps == ["write finished"]
+    try:
+        signal.raise_signal(signal.SIGINT)  # recording the trial as FAIL is not cut short
+    except KeyboardInterrupt:
+        pytest.fail("a worker's further signal was raised")
+    no_interrupt_within(0.05)
+
+
+def test_repeat_must_be_known():
+    with pytest.raises(ValueError, match="repeat"):
+        interrupt.DeferredInterrupt("twice")
+
+
+# A signal raised from SQLAlchemy's own code while Optuna writes the trial's first epoch. Without
+# the deferral, `after_transaction_end` leaves the session half-closed: Optuna's FAIL write then
+# raises StorageInternalError and the trial keeps no "interrupted" reason (the CI failure of
+# tests/test_parallel.py::test_ctrl_c_marks_the_trial_interrupted_and_rerun_resumes).
+EVENTS = {
+    "after_transaction_end": (sqlalchemy.orm.Session, "after_transaction_end"),
+    "after_commit": (sqlalchemy.orm.Session, "after_commit"),
+    "engine_commit": (sqlalchemy.engine.Engine, "commit"),
+    "pool_checkin": (sqlalchemy.pool.Pool, "checkin"),
+}
+
+
+@pytest.mark.parametrize(
+    "storage, event",
+    [("sqlite", e) for e in EVENTS] + [("postgresql", "after_transaction_end")],
+)
+def test_ctrl_c_inside_a_storage_write_still_records_the_trial_as_interrupted(
+    request, data_dir, tmp_path, storage, event
+):
+    url = request.getfixturevalue("pg_url") if storage == "postgresql" else f"sqlite:///{tmp_path}/s.db"
+    target, name = EVENTS[event]
+    epoch_written: list[bool] = []
+    fired: list[bool] = []
+
+    def after_execute(_conn, _cursor, statement, *_):
+        if statement.startswith("INSERT INTO trial_intermediate_values"):
+            epoch_written.append(True)
+
+    def ctrl_c(*_args, **_kw):
+        if epoch_written and not fired:
+            fired.append(True)
+            signal.raise_signal(signal.SIGINT)
+
+    raw = tiny_study(data_dir, n_trials=2, training={"max_epochs": 5, "patience": 5})
+    interrupt.install()
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute", after_execute)
+    sqlalchemy.event.listen(target, name, ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(from_dict(raw, "i.yaml"), url, Console(quiet=True))
+    finally:
+        sqlalchemy.event.remove(target, name, ctrl_c)
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "after_cursor_execute", after_execute)
+    assert fired
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert [(t.state, t.user_attrs.get("stop_reason")) for t in trials] == [
+        (optuna.trial.TrialState.FAIL, "interrupted")
+    ]
