@@ -1,7 +1,7 @@
 // CPU kernels of the CNN's feature block, fused: conv1 + max-pool + ReLU in one pass over the
 // window; conv2 + max-pool + ReLU as a direct convolution summed in registers and never stored,
-// and its backward likewise (8-float vectors on any CPU; on AVX-512 CPUs the forward at 16 floats
-// and oneDNN's backward); one op forward (`features`) and one backward (`features_backward`), so a
+// and its backward likewise (8-float vectors on any CPU, 16-float ones on AVX-512 CPUs); one op
+// forward (`features`) and one backward (`features_backward`), so a
 // training step crosses from Python into C++ once for the block. Built on first use by
 // hpsearch/models/cpu_kernels.py (torch's JIT extension loader); the model runs nn.Conv2d +
 // MaxPool2d + ReLU where it cannot be built.
@@ -119,6 +119,51 @@ HPS_INLINE vi8 load_codes(const uint8_t* code) {
 #define HPS_SHUF(a, b, ...) __builtin_shuffle(a, b, vi8{__VA_ARGS__})
 #endif
 
+// The direct convolutions below are written once for a vector of L floats: Lanes<8> (vf8, any
+// CPU) and, where the CPU has AVX-512, Lanes<16>: one zmm register, only ever inlined into
+// HPS_TARGET_AVX512 functions, so that no other CPU runs it.
+template <int L>
+struct Lanes;
+// Each member does its work itself: one that called bcast8 compiled to 7 lane inserts instead of
+// a vbroadcastss in every clone (gcc 12 lowered the shuffle before it reached the clone's ISA).
+template <>
+struct Lanes<8> {
+  using V = vf8;
+  static HPS_INLINE V load(const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static HPS_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+#if defined(__clang__)
+  static HPS_INLINE V bcast(float s) { return __builtin_shufflevector(V{s}, V{s}, 0, 0, 0, 0, 0, 0, 0, 0); }
+#else
+  static HPS_INLINE V bcast(float s) { return __builtin_shuffle(V{s}, vi8{}); }
+#endif
+};
+#ifdef HPS_AVX512
+typedef float vf16 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
+template <>
+struct Lanes<16> {
+  using V = vf16;
+  static HPS_INLINE V load(const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static HPS_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+#if defined(__clang__)
+  static HPS_INLINE V bcast(float s) {
+    return __builtin_shufflevector(V{s}, V{s}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  }
+#else
+  static HPS_INLINE V bcast(float s) { return __builtin_shuffle(V{s}, vi16{}); }
+#endif
+};
+#endif
+constexpr int64_t kMaxLanes = 16;
+
 // The 8 x 8 block at src (row stride ss) transposed to dst (row stride ds): 24 shuffles, which
 // gcc emits as AVX2's unpack / shuffle / 128-bit permute.
 HPS_INLINE void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds) {
@@ -202,8 +247,8 @@ HPS_CLONES void unpool_row(const float* __restrict__ s, const uint8_t* __restric
   }
 }
 
-// Written with AVX-512 intrinsics where the CPU has them: 16 floats, and mask registers for the
-// codes and the tails (measured at batch 64 against the generic loops as they were then, scalar
+// The pool rows of pool_relu (the pass after oneDNN's conv2) with AVX-512 intrinsics where the
+// CPU has them: 16 floats, and mask registers for the codes and the tails (measured at batch 64 against the generic loops as they were then, scalar
 // code left to the vectorizer: conv1 forward 143 -> 101 us, backward 186 -> 90 us; not measured
 // against the 8-float vectors above, which came later, on a CPU without AVX-512).
 // HPSEARCH_CPU_KERNELS_GENERIC=1 picks the generic code (tests compare both).
@@ -358,34 +403,34 @@ at::Tensor pool_relu_backward(const at::Tensor& grad_output, const at::Tensor& c
 // forward, the pair of rows that one pooled row needs, then pooled at once (never stored);
 // backward, the gradient unpooled into a padded copy, the input's gradient as a convolution of it
 // with the flipped weight, and the weight's gradient summed per tap. Written with the compilers'
-// vector extension (8 floats) and compiled by HPS_CLONES for each ISA. Where the CPU has AVX-512,
-// the code below at 16 floats runs instead: conv1 as the banded product, conv2's forward
-// (conv2_pool_relu_avx512), and oneDNN's conv2 backward (measured there: 34-36 % of matmul; these
-// 8-float kernels are not measured on such a CPU).
+// vector extension and compiled by HPS_CLONES for each ISA; conv2's also at 16 floats for AVX-512
+// CPUs (below).
 //
 // Padded buffers are (rows, F + 2p, C) channels-last, with p = k/2 zero pixels around each row,
 // p zero rows above and p + 1 below (the last so that a pair of rows can start at the last row),
 // and slack for a vector read past the last channel. Weights are (k, k, Cin, Coutp), Coutp = Cout
 // rounded up to 8, zeros in the padding lanes; outputs are written at that stride and compacted.
 
-inline int64_t round8(int64_t n) { return (n + kVec - 1) / kVec * kVec; }
+inline int64_t round_up(int64_t n, int64_t lanes) { return (n + lanes - 1) / lanes * lanes; }
+inline int64_t round8(int64_t n) { return round_up(n, kVec); }
 
 struct Padded {  // geometry of a padded buffer
   int64_t rows, F, C, p;
   int64_t Fp() const { return F + 2 * p; }
-  int64_t size() const { return (rows + 2 * p + 1) * Fp() * C + 2 * kVec; }
+  int64_t size() const { return (rows + 2 * p + 1) * Fp() * C + 2 * kMaxLanes; }
   float* row(float* buf, int64_t t) const { return buf + ((t + p) * Fp() + p) * C; }  // pixel (t, 0)
 };
 
 // Output rows t and t + 1 of a direct k x k convolution of the padded input `pad` (Cin channels),
-// at pixels f0 .. f0 + FB - 1 and output channels c0 .. c0 + 8 NV - 1, into e and o, (F, Coutp)
+// at pixels f0 .. f0 + FB - 1 and output channels c0 .. c0 + L NV - 1, into e and o, (F, Coutp)
 // each. 2 FB NV sums side by side hide the multiply-add latency (12 of AVX2's 16 registers).
-template <int NV, int FB>
+template <int L, int NV, int FB>
 HPS_INLINE void conv_block(const float* pad, int64_t Fp, int64_t Cin, const float* wt, int64_t Coutp, int64_t k,
                            int64_t t, int64_t f0, int64_t c0, const float* bias, float* e, float* o) {
-  vf8 acc[2][FB][NV];
+  using V = typename Lanes<L>::V;
+  V acc[2][FB][NV];
   for (int v = 0; v < NV; ++v) {
-    const vf8 b = load8(bias + c0 + kVec * v);
+    const V b = Lanes<L>::load(bias + c0 + L * v);
     for (int u = 0; u < FB; ++u) acc[0][u][v] = acc[1][u][v] = b;
   }
   for (int64_t i = 0; i < k; ++i)
@@ -394,10 +439,10 @@ HPS_INLINE void conv_block(const float* pad, int64_t Fp, int64_t Cin, const floa
       const float* x0 = pad + ((t + i) * Fp + f0 + j) * Cin;  // padded row t + i, pixel f0 + j
       const float* x1 = x0 + Fp * Cin;  // row t + 1 + i
       for (int64_t ci = 0; ci < Cin; ++ci) {
-        vf8 wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = load8(w + ci * Coutp + kVec * v);
+        V wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = Lanes<L>::load(w + ci * Coutp + L * v);
         for (int u = 0; u < FB; ++u) {
-          const vf8 s0 = bcast8(x0[u * Cin + ci]), s1 = bcast8(x1[u * Cin + ci]);
+          const V s0 = Lanes<L>::bcast(x0[u * Cin + ci]), s1 = Lanes<L>::bcast(x1[u * Cin + ci]);
           for (int v = 0; v < NV; ++v) {
             acc[0][u][v] += s0 * wv[v];
             acc[1][u][v] += s1 * wv[v];
@@ -407,38 +452,40 @@ HPS_INLINE void conv_block(const float* pad, int64_t Fp, int64_t Cin, const floa
     }
   for (int u = 0; u < FB; ++u)
     for (int v = 0; v < NV; ++v) {
-      store8(e + (f0 + u) * Coutp + c0 + kVec * v, acc[0][u][v]);
-      store8(o + (f0 + u) * Coutp + c0 + kVec * v, acc[1][u][v]);
+      Lanes<L>::store(e + (f0 + u) * Coutp + c0 + L * v, acc[0][u][v]);
+      Lanes<L>::store(o + (f0 + u) * Coutp + c0 + L * v, acc[1][u][v]);
     }
 }
 
-template <int NV>
+template <int L, int NV>
 HPS_INLINE void conv_blocks(const float* pad, int64_t F, int64_t Fp, int64_t Cin, const float* wt, int64_t Coutp,
                             int64_t k, int64_t t, int64_t c0, const float* bias, float* e, float* o) {
   constexpr int64_t kMax = NV == 2 ? 3 : 6;  // pixels per block: 2 * kMax * NV = 12 sums
   for (int64_t f0 = 0; f0 < F; f0 += kMax) {
     const int64_t n = std::min(kMax, F - f0);
     if constexpr (NV == 1) {
-      if (n == 6) { conv_block<1, 6>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
-      if (n == 5) { conv_block<1, 5>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
-      if (n == 4) { conv_block<1, 4>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+      if (n == 6) { conv_block<L, 1, 6>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+      if (n == 5) { conv_block<L, 1, 5>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
+      if (n == 4) { conv_block<L, 1, 4>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o); continue; }
     }
-    if (n >= 3) conv_block<NV, 3>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
-    else if (n == 2) conv_block<NV, 2>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
-    else conv_block<NV, 1>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+    if (n >= 3) conv_block<L, NV, 3>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+    else if (n == 2) conv_block<L, NV, 2>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
+    else conv_block<L, NV, 1>(pad, Fp, Cin, wt, Coutp, k, t, f0, c0, bias, e, o);
   }
 }
 
-// Rows t and t + 1 of the convolution, every pixel and output channel, into e and o (F, Coutp).
+// Rows t and t + 1 of the convolution, every pixel and output channel, into e and o (F, Coutp),
+// Coutp a multiple of L.
+template <int L>
 HPS_INLINE void conv_rows(const float* pad, int64_t F, int64_t Fp, int64_t Cin, const float* wt, int64_t Cout,
                           int64_t Coutp, int64_t k, int64_t t, const float* bias, float* e, float* o) {
   for (int64_t c0 = 0; c0 < Cout;) {
-    if (Cout - c0 > kVec) {
-      conv_blocks<2>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
-      c0 += 2 * kVec;
+    if (Cout - c0 > L) {
+      conv_blocks<L, 2>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
+      c0 += 2 * L;
     } else {
-      conv_blocks<1>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
-      c0 += kVec;
+      conv_blocks<L, 1>(pad, F, Fp, Cin, wt, Coutp, k, t, c0, bias, e, o);
+      c0 += L;
     }
   }
 }
@@ -494,128 +541,13 @@ std::vector<float> padded_bias(const at::Tensor& bias, int64_t n) {
 
 // ------------------------------------------------- one-channel conv (k x k, zero padding) + pool + ReLU
 //
-// On AVX-512 CPUs, as in OneChannelConv2d: the conv of one time step is a product of the k input
-// rows around it, K = k * F values, with a banded (K, F * C) matrix band[i][g][f * C + c] =
-// weight[c][0][i][g - f + k/2] (0 where that tap does not exist): output row = bias + sum over
-// q < K of in[q] * band[q]. The sum runs over all K terms, the band's zeros included: exact zeros
-// leave a sum unchanged, and a fixed-length loop with its 16 accumulators in one vector register
-// beats skipping them. The products are the convolution's, summed in another order: results agree
-// to float rounding.
-
-constexpr int64_t kLanes = 16;  // one AVX-512 register of floats
-
-// Rows are padded to two registers' width.
-inline int64_t padded(int64_t n) { return (n + 2 * kLanes - 1) / (2 * kLanes) * (2 * kLanes); }
-
-// Band (K, Rp) and per-row bias (Rp) from weight (C, 1, k, k) and bias (C); zeros in the padding.
-void build_band(const float* w, const float* bias, int64_t C, int64_t k, int64_t F, float* band, float* bias_row) {
-  const int64_t p = k / 2, Rp = padded(F * C);
-  std::fill_n(band, k * F * Rp, 0.0f);
-  std::fill_n(bias_row, Rp, 0.0f);
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t g = 0; g < F; ++g)
-      for (int64_t f = std::max<int64_t>(0, g - p); f < std::min<int64_t>(F, g + p + 1); ++f)
-        for (int64_t c = 0; c < C; ++c) band[(i * F + g) * Rp + f * C + c] = w[(c * k + i) * k + (g - f + p)];
-  for (int64_t f = 0; f < F; ++f)
-    for (int64_t c = 0; c < C; ++c) bias_row[f * C + c] = bias[c];
-}
-
-// The K inputs under time step t of window xb (T, F): rows t - k/2 .. t + k/2, which are
-// contiguous in xb; copied into buf with zero rows only at the window's edges.
-inline const float* inputs_at(const float* xb, int64_t T, int64_t F, int64_t k, int64_t t, float* buf) {
-  const int64_t p = k / 2;
-  if (t - p >= 0 && t + p < T) return xb + (t - p) * F;
-  for (int64_t i = 0; i < k; ++i) {
-    const int64_t tt = t + i - p;
-    if (tt < 0 || tt >= T)
-      std::fill_n(buf + i * F, F, 0.0f);
-    else
-      std::copy_n(xb + tt * F, F, buf + i * F);
-  }
-  return buf;
-}
-
-#ifdef HPS_AVX512
-// The pre-activations of the even and the odd step of a pooled pair for NB register blocks of 16
-// outputs at j0: 2 * NB independent sums.
-template <int NB>
-HPS_TARGET_AVX512 inline void band_block(const float* in_e, const float* in_o, const float* band,
-                                         const float* bias_row, float* pre_e, float* pre_o, int64_t K, int64_t Rp,
-                                         int64_t j0) {
-  __m512 e[NB], o[NB];
-  for (int l = 0; l < NB; ++l) e[l] = o[l] = _mm512_loadu_ps(bias_row + j0 + 16 * l);
-  for (int64_t q = 0; q < K; ++q) {
-    const __m512 ve = _mm512_set1_ps(in_e[q]), vo = _mm512_set1_ps(in_o[q]);
-    const float* b = band + q * Rp + j0;
-    for (int l = 0; l < NB; ++l) {
-      const __m512 w = _mm512_loadu_ps(b + 16 * l);
-      e[l] = _mm512_fmadd_ps(ve, w, e[l]);
-      o[l] = _mm512_fmadd_ps(vo, w, o[l]);
-    }
-  }
-  for (int l = 0; l < NB; ++l) {
-    _mm512_storeu_ps(pre_e + j0 + 16 * l, e[l]);
-    _mm512_storeu_ps(pre_o + j0 + 16 * l, o[l]);
-  }
-}
-
-// The pair's pre-activations, (R) each, up to 4 registers at a time, not the padding to Rp.
-HPS_TARGET_AVX512 void band_rows_avx512(const float* in_e, const float* in_o, const float* band,
-                                        const float* bias_row, float* pre_e, float* pre_o, int64_t K, int64_t R,
-                                        int64_t Rp) {
-  for (int64_t j0 = 0; j0 < R; j0 += 64) {
-    switch (std::min<int64_t>(4, (R - j0 + 15) / 16)) {
-      case 4: band_block<4>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
-      case 3: band_block<3>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
-      case 2: band_block<2>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
-      default: band_block<1>(in_e, in_o, band, bias_row, pre_e, pre_o, K, Rp, j0); break;
-    }
-  }
-}
-
-// gband (K, Rp) += outer(in_e, g_e) + outer(in_o, g_o): the band's gradient from a pooled pair.
-template <int NB>
-HPS_TARGET_AVX512 inline void band_grad_block(const float* in_e, const float* in_o, const float* g_e,
-                                              const float* g_o, float* gband, int64_t K, int64_t Rp, int64_t j0) {
-  __m512 ge[NB], go[NB];
-  for (int l = 0; l < NB; ++l) {
-    ge[l] = _mm512_loadu_ps(g_e + j0 + 16 * l);
-    go[l] = _mm512_loadu_ps(g_o + j0 + 16 * l);
-  }
-  for (int64_t q = 0; q < K; ++q) {
-    const __m512 ve = _mm512_set1_ps(in_e[q]), vo = _mm512_set1_ps(in_o[q]);
-    float* g = gband + q * Rp + j0;
-    for (int l = 0; l < NB; ++l) {
-      __m512 acc = _mm512_loadu_ps(g + 16 * l);
-      acc = _mm512_fmadd_ps(ve, ge[l], acc);
-      _mm512_storeu_ps(g + 16 * l, _mm512_fmadd_ps(vo, go[l], acc));
-    }
-  }
-}
-
-HPS_TARGET_AVX512 void band_grad_rows_avx512(const float* in_e, const float* in_o, const float* g_e,
-                                             const float* g_o, float* gband, int64_t K, int64_t R, int64_t Rp) {
-  for (int64_t j0 = 0; j0 < R; j0 += 64) {
-    switch (std::min<int64_t>(4, (R - j0 + 15) / 16)) {
-      case 4: band_grad_block<4>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
-      case 3: band_grad_block<3>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
-      case 2: band_grad_block<2>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
-      default: band_grad_block<1>(in_e, in_o, g_e, g_o, gband, K, Rp, j0); break;
-    }
-  }
-}
-#else
-inline void band_rows_avx512(const float*, const float*, const float*, const float*, float*, float*, int64_t,
-                             int64_t, int64_t) {}
-inline void band_grad_rows_avx512(const float*, const float*, const float*, const float*, float*, int64_t,
-                                  int64_t, int64_t) {}
-#endif
-
-// Elsewhere, as a direct convolution (8 floats; see the section above): a window's pair of rows
-// summed in registers from its padded copy, then pooled; backward, the weight's gradient summed
-// over the window's pixels for up to 9 taps side by side. Each output sums k * k products where
-// the band sums k * F (measured against the band in 8-float vectors at batch 256: forward 1.83 ->
-// 1.20 us per window, backward 3.17 -> 1.19 with the two fixes in add_channel_sums and code_bytes).
+// A direct convolution too: a window's pair of rows summed in registers from its padded copy,
+// then pooled; backward, the weight's gradient summed over the window's pixels for up to 9 taps
+// side by side. Each output sums k * k products where a banded product (OneChannelConv2d's, and
+// these kernels' earlier AVX-512 rows) sums k * F. Measured at batch 256 against the band: 8-float
+// vectors on 2 AVX2 cores, forward 1.83 -> 1.20 us per window and backward 3.17 -> 1.19 (with the
+// two fixes in add_channel_sums and code_bytes); on a 2-core AVX-512 Xeon against the band's
+// 16-float intrinsics, forward 1.01-1.04 -> 0.96 and backward 1.22-2.21 -> 0.78-0.79.
 
 // One window: x (T, F) -> relu(pool(conv1(x))) as rows (T/2, F * C) channels-last, and the code.
 HPS_CLONES void conv1_forward_window(const float* __restrict__ x, const float* __restrict__ wt,
@@ -628,7 +560,7 @@ HPS_CLONES void conv1_forward_window(const float* __restrict__ x, const float* _
   float* e = pre;
   float* o = pre + F * Cp;
   for (int64_t t2 = 0; t2 < T / 2; ++t2) {
-    conv_rows(pad, F, g.Fp(), 1, wt, C, Cp, k, 2 * t2, bias, e, o);
+    conv_rows<kVec>(pad, F, g.Fp(), 1, wt, C, Cp, k, 2 * t2, bias, e, o);
     compact(e, F, C, Cp);
     compact(o, F, C, Cp);
     pool_relu_row(e, o, out + t2 * R, code + t2 * R, R);
@@ -769,106 +701,52 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_direct_backward(const at::Ten
 // channels-last, and the pool's code.
 std::tuple<at::Tensor, at::Tensor> conv1_pool_relu(const at::Tensor& input, const at::Tensor& weight,
                                                    const at::Tensor& bias) {
-  const bool avx = use_avx512();
   check_float_cpu(input, "conv1_pool_relu");
   check_float_cpu(weight, "conv1_pool_relu weight");
   check_float_cpu(bias, "conv1_pool_relu bias");
   TORCH_CHECK(input.dim() == 3 && weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == weight.size(3) &&
                   weight.size(2) % 2 == 1 && bias.numel() == weight.size(0),
               "conv1_pool_relu: x (B, T, F), weight (C, 1, k, k) with odd k, bias (C) expected");
-  const auto x = input.contiguous();
-  const auto w = weight.contiguous();
-  const auto bc = bias.contiguous();
-  if (!avx) return conv1_pool_relu_direct(x, w, bc);  // below: AVX-512, the banded product
-  const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = w.size(0), k = w.size(2);
-  const int64_t T2 = T / 2, R = F * C, Rp = padded(R), K = k * F;
-  std::vector<float> band(K * Rp), bias_row(Rp);
-  build_band(w.const_data_ptr<float>(), bc.const_data_ptr<float>(), C, k, F, band.data(), bias_row.data());
-  auto out = at::empty({B, C, T2, F}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
-  const float* xp = x.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  uint8_t* cp = code.mutable_data_ptr<uint8_t>();
-  at::parallel_for(0, B * T2, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> in(2 * K), pre(2 * Rp);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / T2, t2 = r % T2;
-      const float* in_e = inputs_at(xp + b * T * F, T, F, k, 2 * t2, in.data());  // the even step's inputs
-      const float* in_o = inputs_at(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);  // the odd step's
-      band_rows_avx512(in_e, in_o, band.data(), bias_row.data(), pre.data(), pre.data() + Rp, K, R, Rp);
-      pool_relu_row_avx512(pre.data(), pre.data() + Rp, op + r * R, cp + r * R, R);
-    }
-  });
-  return {out, code};
+  return conv1_pool_relu_direct(input.contiguous(), weight.contiguous(), bias.contiguous());
 }
 
 // Gradients of conv1_pool_relu's weight (C, 1, k, k) and bias (C); x needs none (it is data).
 std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& grad_output, const at::Tensor& code,
                                                             const at::Tensor& input, int64_t k) {
-  const bool avx = use_avx512();
   check_float_cpu(grad_output, "conv1_pool_relu_backward");
   const auto g = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
   const auto x = input.contiguous();
   const int64_t B = x.size(0), T = x.size(1), F = x.size(2), C = g.size(1), T2 = g.size(2), R = F * C;
-  const int64_t p = k / 2, K = k * F, Rp = padded(R), N = (K + 1) * Rp;  // per chunk: band (K, Rp), bias row
   TORCH_CHECK(T / 2 == T2 && g.size(0) == B && g.size(3) == F && code.numel() == B * T2 * R && k % 2 == 1 && k > 0,
               "conv1_pool_relu_backward: shapes do not match");
-  if (!avx) return conv1_pool_relu_direct_backward(g, code, x, k);  // below: AVX-512, the band
-  const int64_t n_chunks = (B + kChunk - 1) / kChunk;
-  std::vector<float> partial(n_chunks * N, 0.0f);
-  const float* gp = g.const_data_ptr<float>();
-  const uint8_t* cp = code.const_data_ptr<uint8_t>();
-  const float* xp = x.const_data_ptr<float>();
-  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> in(2 * K), grow(2 * Rp, 0.0f);  // grow: the even and odd steps' pre-activation gradients
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      float* gband = partial.data() + chunk * N;
-      float* gbias = gband + K * Rp;
-      for (int64_t b = chunk * kChunk; b < std::min(B, (chunk + 1) * kChunk); ++b) {
-        for (int64_t t2 = 0; t2 < T2; ++t2) {
-          const int64_t r = b * T2 + t2;
-          unpool_row_avx512(gp + r * R, cp + r * R, grow.data(), grow.data() + Rp, R);
-          for (int64_t j = 0; j < R; ++j) gbias[j] += grow[j] + grow[Rp + j];
-          const float* in_e = inputs_at(xp + b * T * F, T, F, k, 2 * t2, in.data());
-          const float* in_o = inputs_at(xp + b * T * F, T, F, k, 2 * t2 + 1, in.data() + K);
-          band_grad_rows_avx512(in_e, in_o, grow.data(), grow.data() + Rp, gband, K, R, Rp);
-        }
-      }
-    }
-  });
-  for (int64_t chunk = 1; chunk < n_chunks; ++chunk)  // chunks in order: a fixed summation order
-    for (int64_t j = 0; j < N; ++j) partial[j] += partial[chunk * N + j];
-  // Back from the band to the weight: tap (c, i, j) sits at band[i][f + j - p][f * C + c] for each f.
-  auto grad_weight = at::zeros({C, 1, k, k}, g.options());
-  auto grad_bias = at::zeros({C}, g.options());
-  float* gw = grad_weight.mutable_data_ptr<float>();
-  float* gb = grad_bias.mutable_data_ptr<float>();
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t gg = 0; gg < F; ++gg)
-      for (int64_t f = std::max<int64_t>(0, gg - p); f < std::min<int64_t>(F, gg + p + 1); ++f)
-        for (int64_t c = 0; c < C; ++c) gw[(c * k + i) * k + (gg - f + p)] += partial[(i * F + gg) * Rp + f * C + c];
-  for (int64_t f = 0; f < F; ++f)
-    for (int64_t c = 0; c < C; ++c) gb[c] += partial[K * Rp + f * C + c];
-  return {grad_weight, grad_bias};
+  return conv1_pool_relu_direct_backward(g, code, x, k);
 }
 
-// ------------------------------------------------------ conv2 + pool + ReLU, direct, 8 floats
+// ------------------------------------------- conv2 + pool + ReLU, direct, 8 or 16 floats
+//
+// Each window's kernels are written once, for L floats per vector (conv2's output channels; L1
+// for the input's gradient, whose outputs are conv2's input channels), and compiled twice: at
+// 8 floats by HPS_CLONES for any CPU, and at 16 where the CPU has AVX-512, when there are more
+// than 8 channels to fill a register. Measured on a 2-core AVX-512 Xeon at batch 256, 8 -> 16
+// channels, per window: forward 3.60-3.74 us at 8 floats, 2.62-2.72 at 16 (the intrinsics kernel
+// this replaced: ~3.6, the block's 4.6 less conv1's 1.0); backward 7.04-7.14 at 8 floats, 6.17-6.28 at 16 (oneDNN's: 11.1-11.3
+// for the whole block).
 
 // One window forward: a1 (T1, F, C1) -> relu(pool(conv2(a1))) as out (C2, T1/2, F) and code
 // (T1/2, F * C2). pad: Padded{T1, F, C1, p}; pre: 2 rows (F, C2p); rows: (T1/2, F * C2), the pooled
 // rows channels-last, transposed at the end (the element-by-element scatter was 16 % of the time).
-HPS_CLONES void conv2_forward_window(const float* __restrict__ a1, const float* __restrict__ wt,
-                                     const float* __restrict__ bias, float* __restrict__ pad,
-                                     float* __restrict__ pre, float* __restrict__ rows, float* __restrict__ out,
-                                     uint8_t* __restrict__ code, int64_t T1, int64_t F, int64_t C1, int64_t C2,
-                                     int64_t k) {
+template <int L>
+HPS_INLINE void conv2_forward(const float* __restrict__ a1, const float* __restrict__ wt,
+                              const float* __restrict__ bias, float* __restrict__ pad, float* __restrict__ pre,
+                              float* __restrict__ rows, float* __restrict__ out, uint8_t* __restrict__ code,
+                              int64_t T1, int64_t F, int64_t C1, int64_t C2, int64_t k) {
   const Padded g{T1, F, C1, k / 2};
-  const int64_t T2 = T1 / 2, R = F * C2, C2p = round8(C2);
+  const int64_t T2 = T1 / 2, R = F * C2, C2p = round_up(C2, L);
   for (int64_t t = 0; t < T1; ++t) std::copy_n(a1 + t * F * C1, F * C1, g.row(pad, t));
   float* e = pre;
   float* o = pre + F * C2p;
   for (int64_t t2 = 0; t2 < T2; ++t2) {
-    conv_rows(pad, F, g.Fp(), C1, wt, C2, C2p, k, 2 * t2, bias, e, o);
+    conv_rows<L>(pad, F, g.Fp(), C1, wt, C2, C2p, k, 2 * t2, bias, e, o);
     compact(e, F, C2, C2p);
     compact(o, F, C2, C2p);
     pool_relu_row(e, o, rows + t2 * R, code + t2 * R, R);
@@ -876,60 +754,70 @@ HPS_CLONES void conv2_forward_window(const float* __restrict__ a1, const float* 
   transpose(rows, T2 * F, C2, out);
 }
 
-// gw[i][j][ci0 + c][c0 .. c0 + 8 NV) += sum over the window's pixels (t, f) of
+// gw[i][j][ci0 + c][c0 .. c0 + L NV) += sum over the window's pixels (t, f) of
 // a[t + i][f + j][ci0 + c] * g[t][f][c0 ..]: the weight's gradient at tap (i, j), CB input
-// channels by 8 NV output channels summed side by side.
-template <int CB, int NV>
+// channels by L NV output channels summed side by side.
+template <int L, int CB, int NV>
 HPS_INLINE void wgrad_block(const float* apad, const float* gpad, const Padded& ag, const Padded& gg, int64_t i,
                             int64_t j, int64_t ci0, int64_t c0, float* gw, int64_t C2p, int64_t k) {
-  vf8 acc[CB][NV];
+  using V = typename Lanes<L>::V;
+  V acc[CB][NV];
   for (int c = 0; c < CB; ++c)
-    for (int v = 0; v < NV; ++v) acc[c][v] = vf8{};
+    for (int v = 0; v < NV; ++v) acc[c][v] = V{};
   const int64_t F = ag.F, C1 = ag.C, C2 = gg.C;
   for (int64_t t = 0; t < ag.rows; ++t) {
     const float* x = apad + ((t + i) * ag.Fp() + j) * C1 + ci0;  // padded pixel (t + i, j): a[t + i - p][j - p]
     const float* gr = gg.row(const_cast<float*>(gpad), t) + c0;
     for (int64_t f = 0; f < F; ++f) {
-      vf8 gv[NV];
-      for (int v = 0; v < NV; ++v) gv[v] = load8(gr + f * C2 + kVec * v);
+      V gv[NV];
+      for (int v = 0; v < NV; ++v) gv[v] = Lanes<L>::load(gr + f * C2 + L * v);
       for (int c = 0; c < CB; ++c) {
-        const vf8 s = bcast8(x[f * C1 + c]);
+        const V s = Lanes<L>::bcast(x[f * C1 + c]);
         for (int v = 0; v < NV; ++v) acc[c][v] += s * gv[v];
       }
     }
   }
   for (int c = 0; c < CB; ++c)
     for (int v = 0; v < NV; ++v) {
-      float* dst = gw + ((i * k + j) * C1 + ci0 + c) * C2p + c0 + kVec * v;
-      store8(dst, load8(dst) + acc[c][v]);
+      float* dst = gw + ((i * k + j) * C1 + ci0 + c) * C2p + c0 + L * v;
+      Lanes<L>::store(dst, Lanes<L>::load(dst) + acc[c][v]);
     }
 }
 
-template <int NV>
+template <int L, int NV>
 HPS_INLINE void wgrad_taps(const float* apad, const float* gpad, const Padded& ag, const Padded& gg, int64_t c0,
                            float* gw, int64_t C2p, int64_t k) {
+  // 8 sums side by side: 4 input channels by 2 vectors, or 8 by 1 (one vector holds all of c0's).
+  constexpr int64_t kMax = NV == 1 ? 8 : 4;
   for (int64_t i = 0; i < k; ++i)
     for (int64_t j = 0; j < k; ++j)
-      for (int64_t ci0 = 0; ci0 < ag.C; ci0 += 4) {
-        switch (std::min<int64_t>(4, ag.C - ci0)) {
-          case 4: wgrad_block<4, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k); break;
-          case 3: wgrad_block<3, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k); break;
-          case 2: wgrad_block<2, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k); break;
-          default: wgrad_block<1, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k); break;
+      for (int64_t ci0 = 0; ci0 < ag.C; ci0 += kMax) {
+#define HPS_WGRAD(CB) wgrad_block<L, CB, NV>(apad, gpad, ag, gg, i, j, ci0, c0, gw, C2p, k)
+        switch (std::min<int64_t>(kMax, ag.C - ci0)) {
+          case 8: HPS_WGRAD(8); break;
+          case 7: HPS_WGRAD(7); break;
+          case 6: HPS_WGRAD(6); break;
+          case 5: HPS_WGRAD(5); break;
+          case 4: HPS_WGRAD(4); break;
+          case 3: HPS_WGRAD(3); break;
+          case 2: HPS_WGRAD(2); break;
+          default: HPS_WGRAD(1); break;
         }
+#undef HPS_WGRAD
       }
 }
 
 // One window backward. grad: the block output's gradient (C2, T1/2, F) (default layout), code its
 // pool's; a1: conv2's input (T1, F, C1). Writes ga1, the gradient of a1 (T1, F * C1), and adds the
-// weight's and bias's gradients to gw (k, k, C1, C2p) and gb (C2p).
-HPS_CLONES void conv2_backward_window(const float* __restrict__ grad, const uint8_t* __restrict__ code,
-                                      const float* __restrict__ a1, const float* __restrict__ wt_flip,
-                                      const float* __restrict__ zeros, float* __restrict__ apad,
-                                      float* __restrict__ gpad, float* __restrict__ pre, float* __restrict__ rows,
-                                      float* __restrict__ ga1, float* __restrict__ gw, float* __restrict__ gb,
-                                      int64_t T1, int64_t F, int64_t C1, int64_t C2, int64_t k) {
-  const int64_t p = k / 2, T2 = T1 / 2, R = F * C2, C1p = round8(C1), C2p = round8(C2);
+// weight's and bias's gradients to gw (k, k, C1, C2p) and gb (C2p); wt_flip is (k, k, C2, C1p).
+template <int L, int L1>
+HPS_INLINE void conv2_backward(const float* __restrict__ grad, const uint8_t* __restrict__ code,
+                               const float* __restrict__ a1, const float* __restrict__ wt_flip,
+                               const float* __restrict__ zeros, float* __restrict__ apad, float* __restrict__ gpad,
+                               float* __restrict__ pre, float* __restrict__ rows, float* __restrict__ ga1,
+                               float* __restrict__ gw, float* __restrict__ gb, int64_t T1, int64_t F, int64_t C1,
+                               int64_t C2, int64_t k) {
+  const int64_t p = k / 2, T2 = T1 / 2, R = F * C2, C1p = round_up(C1, L1), C2p = round_up(C2, L);
   const Padded ag{T1, F, C1, p}, gg{T1, F, C2, p};
   for (int64_t t = 0; t < T1; ++t) std::copy_n(a1 + t * F * C1, F * C1, ag.row(apad, t));
   transpose(grad, C2, T2 * F, rows);  // (C2, T2, F) -> rows (T2, F * C2)
@@ -938,12 +826,12 @@ HPS_CLONES void conv2_backward_window(const float* __restrict__ grad, const uint
   // (An odd T1's last row is not pooled: its gradient is 0, and that row of gpad is never written.)
   for (int64_t t = 0; t < T1; ++t) add_channel_sums(gg.row(gpad, t), F, C2, gb);
   for (int64_t c0 = 0; c0 < C2;) {
-    if (C2 - c0 > kVec) {
-      wgrad_taps<2>(apad, gpad, ag, gg, c0, gw, C2p, k);
-      c0 += 2 * kVec;
+    if (C2 - c0 > L) {
+      wgrad_taps<L, 2>(apad, gpad, ag, gg, c0, gw, C2p, k);
+      c0 += 2 * L;
     } else {
-      wgrad_taps<1>(apad, gpad, ag, gg, c0, gw, C2p, k);
-      c0 += kVec;
+      wgrad_taps<L, 1>(apad, gpad, ag, gg, c0, gw, C2p, k);
+      c0 += L;
     }
   }
   // The input's gradient: the convolution of gpad with the flipped weight (C2 -> C1), two rows at
@@ -951,7 +839,7 @@ HPS_CLONES void conv2_backward_window(const float* __restrict__ grad, const uint
   float* e = pre;
   float* o = pre + F * C1p;
   for (int64_t t = 0; t < T1; t += 2) {
-    conv_rows(gpad, F, gg.Fp(), C2, wt_flip, C1, C1p, k, t, zeros, e, o);
+    conv_rows<L1>(gpad, F, gg.Fp(), C2, wt_flip, C1, C1p, k, t, zeros, e, o);
     compact(e, F, C1, C1p);
     std::copy_n(e, F * C1, ga1 + t * F * C1);
     if (t + 1 < T1) {
@@ -961,6 +849,46 @@ HPS_CLONES void conv2_backward_window(const float* __restrict__ grad, const uint
   }
 }
 
+#define HPS_FORWARD_ARGS                                                                                      \
+  const float *a1, const float *wt, const float *bias, float *pad, float *pre, float *rows, float *out,         \
+      uint8_t *code, int64_t T1, int64_t F, int64_t C1, int64_t C2, int64_t k
+#define HPS_BACKWARD_ARGS                                                                                     \
+  const float *grad, const uint8_t *code, const float *a1, const float *wt_flip, const float *zeros,           \
+      float *apad, float *gpad, float *pre, float *rows, float *ga1, float *gw, float *gb, int64_t T1,          \
+      int64_t F, int64_t C1, int64_t C2, int64_t k
+#define HPS_FORWARD_CALL a1, wt, bias, pad, pre, rows, out, code, T1, F, C1, C2, k
+#define HPS_BACKWARD_CALL grad, code, a1, wt_flip, zeros, apad, gpad, pre, rows, ga1, gw, gb, T1, F, C1, C2, k
+HPS_CLONES void conv2_forward_8(HPS_FORWARD_ARGS) { conv2_forward<8>(HPS_FORWARD_CALL); }
+HPS_CLONES void conv2_backward_8_8(HPS_BACKWARD_ARGS) { conv2_backward<8, 8>(HPS_BACKWARD_CALL); }
+#ifdef HPS_AVX512
+HPS_TARGET_AVX512 void conv2_forward_16(HPS_FORWARD_ARGS) { conv2_forward<16>(HPS_FORWARD_CALL); }
+template <int L, int L1>
+HPS_TARGET_AVX512 void conv2_backward_avx512(HPS_BACKWARD_ARGS) {
+  conv2_backward<L, L1>(HPS_BACKWARD_CALL);
+}
+#endif
+
+// The lanes the kernels use for C output channels: 16 on AVX-512 CPUs where C > 8, else 8.
+int64_t lanes_for(int64_t C) { return use_avx512() && C > kVec ? 16 : kVec; }
+
+// Called directly, not through a pointer: a pointer to an HPS_CLONES function, taken inside its
+// shared object, ran its baseline x86-64 clone (measured 5x slower).
+void conv2_forward_window(int64_t L, HPS_FORWARD_ARGS) {
+#ifdef HPS_AVX512
+  if (L == 16) return conv2_forward_16(HPS_FORWARD_CALL);
+#endif
+  conv2_forward_8(HPS_FORWARD_CALL);
+}
+
+void conv2_backward_window(int64_t L, int64_t L1, HPS_BACKWARD_ARGS) {
+#ifdef HPS_AVX512
+  if (L == 16 && L1 == 16) return conv2_backward_avx512<16, 16>(HPS_BACKWARD_CALL);
+  if (L == 16) return conv2_backward_avx512<16, 8>(HPS_BACKWARD_CALL);
+  if (L1 == 16) return conv2_backward_avx512<8, 16>(HPS_BACKWARD_CALL);
+#endif
+  conv2_backward_8_8(HPS_BACKWARD_CALL);
+}
+
 // a1 (B, C1, T1, F) channels-last; w2 (C2, C1, k, k); b2 (C2). Returns what pool_relu(conv2d(a1))
 // returns: (B, C2, T1/2, F) in the default layout, and the code (B, T1/2, F * C2).
 std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_direct(const at::Tensor& a1, const at::Tensor& w2,
@@ -968,9 +896,10 @@ std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_direct(const at::Tensor& a1, 
   check_conv2(a1, w2, &b2, "conv2_pool_relu_direct");
   const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C1 = x.size(1), T1 = x.size(2), F = x.size(3);
-  const int64_t C2 = w2.size(0), k = w2.size(2), T2 = T1 / 2, R = F * C2, C2p = round8(C2);
-  const auto wt = taps_layout(w2, false);
-  const auto bias = padded_bias(b2, C2p + kVec);
+  const int64_t C2 = w2.size(0), k = w2.size(2), T2 = T1 / 2, R = F * C2;
+  const int64_t L = lanes_for(C2), C2p = round_up(C2, L);
+  const auto wt = taps_layout(w2, false, L);
+  const auto bias = padded_bias(b2, C2p + kMaxLanes);
   auto out = at::empty({B, C2, T2, F}, x.options());
   auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
   const float* xp = x.const_data_ptr<float>();
@@ -980,8 +909,8 @@ std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_direct(const at::Tensor& a1, 
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> pad(g.size(), 0.0f), pre(2 * F * C2p), rows(T2 * R);  // borders stay 0
     for (int64_t b = begin; b < end; ++b)
-      conv2_forward_window(xp + b * T1 * F * C1, wt.data(), bias.data(), pad.data(), pre.data(), rows.data(),
-                           op + b * C2 * T2 * F, cp + b * T2 * R, T1, F, C1, C2, k);
+      conv2_forward_window(L, xp + b * T1 * F * C1, wt.data(), bias.data(), pad.data(), pre.data(), rows.data(), op + b * C2 * T2 * F,
+             cp + b * T2 * R, T1, F, C1, C2, k);
   });
   return {out, code};
 }
@@ -1001,14 +930,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2_pool_relu_direct_backward(c
   const auto g = rows_ok ? grad_output : grad_output.contiguous();
   const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C1 = x.size(1), T1 = x.size(2), F = x.size(3), bs = g.stride(0);
-  const int64_t C2 = w2.size(0), k = w2.size(2), T2 = T1 / 2, R = F * C2, C1p = round8(C1), C2p = round8(C2);
+  const int64_t C2 = w2.size(0), k = w2.size(2), T2 = T1 / 2, R = F * C2;
+  const int64_t L = lanes_for(C2), L1 = lanes_for(C1), C1p = round_up(C1, L1), C2p = round_up(C2, L);
   TORCH_CHECK(g.size(0) == B && g.size(1) == C2 && g.size(2) == T2 && g.size(3) == F && code.numel() == B * T2 * R,
               "conv2_pool_relu_direct_backward: shapes do not match");
-  const auto wt_flip = taps_layout(w2, true);
-  const std::vector<float> zeros(C1p + kVec, 0.0f);
+  const auto wt_flip = taps_layout(w2, true, L1);
+  const std::vector<float> zeros(C1p + kMaxLanes, 0.0f);
   const int64_t NW = k * k * C1 * C2p, N = NW + C2p;  // per chunk: weight (k, k, C1, C2p), bias (C2p)
   const int64_t n_chunks = (B + kChunk - 1) / kChunk;
-  std::vector<float> partial(n_chunks * N, 0.0f);
+  std::vector<float> partial(n_chunks * N + kMaxLanes, 0.0f);
   auto grad_a1 = at::empty({B, C1, T1, F}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* gp = g.const_data_ptr<float>();
   const uint8_t* cp = code.const_data_ptr<uint8_t>();
@@ -1020,9 +950,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2_pool_relu_direct_backward(c
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       float* gw = partial.data() + chunk * N;
       for (int64_t b = chunk * kChunk; b < std::min(B, (chunk + 1) * kChunk); ++b)
-        conv2_backward_window(gp + b * bs, cp + b * T2 * R, xp + b * T1 * F * C1, wt_flip.data(), zeros.data(),
-                              apad.data(), gpad.data(), pre.data(), rows.data(), ip + b * T1 * F * C1, gw, gw + NW,
-                              T1, F, C1, C2, k);
+        conv2_backward_window(L, L1, gp + b * bs, cp + b * T2 * R, xp + b * T1 * F * C1, wt_flip.data(), zeros.data(), apad.data(),
+               gpad.data(), pre.data(), rows.data(), ip + b * T1 * F * C1, gw, gw + NW, T1, F, C1, C2, k);
     }
   });
   for (int64_t chunk = 1; chunk < n_chunks; ++chunk)  // chunks in order: a fixed summation order
@@ -1037,106 +966,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2_pool_relu_direct_backward(c
   return {grad_a1, grad_weight, grad_bias};
 }
 
-// ------------------------------------------------------- conv2 + pool + ReLU (AVX-512 only)
-//
-// A direct k x k convolution, C1 -> C2 channels, fused with the pool and ReLU that follow it, so
-// that its output is never written: each pair of output rows is summed in registers (16 output
-// channels per register, up to 4 pixels x 2 rows side by side), pooled, and stored as pool_relu
-// stores it. Where the CPU lacks AVX-512, features() uses oneDNN's convolution and pool_relu.
-#ifdef HPS_AVX512
-template <int FB>
-HPS_TARGET_AVX512 inline void conv2_block(const float* pad, int64_t Fp, int64_t C1, const float* wt, int64_t C2p,
-                                          int64_t k, int64_t t, int64_t f0, int64_t cb, __m512 bias,
-                                          float* pre_e, float* pre_o, int64_t C2, __mmask16 m) {
-  __m512 acc[2][FB];
-  for (int r = 0; r < 2; ++r)
-    for (int u = 0; u < FB; ++u) acc[r][u] = bias;
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j) {
-      const float* w = wt + (i * k + j) * C1 * C2p + cb * 16;
-      const float* x0 = pad + ((t + i) * Fp + f0 + j) * C1;  // row t + i of the padded input
-      const float* x1 = x0 + Fp * C1;  // row t + 1 + i
-      for (int64_t ci = 0; ci < C1; ++ci) {
-        const __m512 wv = _mm512_loadu_ps(w + ci * C2p);
-        for (int u = 0; u < FB; ++u) {
-          acc[0][u] = _mm512_fmadd_ps(_mm512_set1_ps(x0[u * C1 + ci]), wv, acc[0][u]);
-          acc[1][u] = _mm512_fmadd_ps(_mm512_set1_ps(x1[u * C1 + ci]), wv, acc[1][u]);
-        }
-      }
-    }
-  for (int u = 0; u < FB; ++u) {
-    _mm512_mask_storeu_ps(pre_e + (f0 + u) * C2 + cb * 16, m, acc[0][u]);
-    _mm512_mask_storeu_ps(pre_o + (f0 + u) * C2 + cb * 16, m, acc[1][u]);
-  }
-}
-
-// One window: xb (T, F, C1) -> out (C2, T/2, F) and code (T/2, F * C2).
-HPS_TARGET_AVX512 void conv2_window(const float* xb, const float* wt, const float* bias, float* pad, float* pre,
-                                    float* row, float* out, uint8_t* code, int64_t T, int64_t F, int64_t C1,
-                                    int64_t C2, int64_t k) {
-  const int64_t p = k / 2, T2 = T / 2, R = F * C2, C2p = (C2 + 15) / 16 * 16, Fp = F + 2 * p;
-  for (int64_t t = 0; t < T; ++t)  // the window's rows into the padded buffer (borders stay 0)
-    std::copy_n(xb + t * F * C1, F * C1, pad + ((t + p) * Fp + p) * C1);
-  for (int64_t t2 = 0; t2 < T2; ++t2) {
-    for (int64_t cb = 0; cb * 16 < C2; ++cb) {
-      const __mmask16 m = lanes(C2 - cb * 16);
-      const __m512 bv = _mm512_loadu_ps(bias + cb * 16);
-      for (int64_t f0 = 0; f0 < F; f0 += 4) {
-        switch (std::min<int64_t>(4, F - f0)) {
-          case 4: conv2_block<4>(pad, Fp, C1, wt, C2p, k, 2 * t2, f0, cb, bv, pre, pre + R, C2, m); break;
-          case 3: conv2_block<3>(pad, Fp, C1, wt, C2p, k, 2 * t2, f0, cb, bv, pre, pre + R, C2, m); break;
-          case 2: conv2_block<2>(pad, Fp, C1, wt, C2p, k, 2 * t2, f0, cb, bv, pre, pre + R, C2, m); break;
-          default: conv2_block<1>(pad, Fp, C1, wt, C2p, k, 2 * t2, f0, cb, bv, pre, pre + R, C2, m); break;
-        }
-      }
-    }
-    pool_relu_row_avx512(pre, pre + R, row, code + t2 * R, R);
-    row_to_nchw(row, out, C2, T2, F, t2);
-  }
-}
-
-// a1 (B, C1, T, F) channels-last; w2 (C2, C1, k, k); b2 (C2). Returns what pool_relu(conv2d(a1))
-// returns: (B, C2, T/2, F) in the default layout, and the code (B, T/2, F * C2).
-std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_avx512(const at::Tensor& a1, const at::Tensor& w2,
-                                                          const at::Tensor& b2) {
-  const auto x = a1.contiguous(at::MemoryFormat::ChannelsLast);  // shapes checked by features()
-  const int64_t B = x.size(0), C1 = x.size(1), T = x.size(2), F = x.size(3);
-  const int64_t C2 = w2.size(0), k = w2.size(2), p = k / 2, T2 = T / 2, R = F * C2;
-  const int64_t C2p = (C2 + 15) / 16 * 16, Tp = T + 2 * p, Fp = F + 2 * p;
-  const auto wt = taps_layout(w2, false, 16);  // (k, k, C1, C2p): whole registers of channels
-  const auto bias = padded_bias(b2, C2p);
-  auto out = at::empty({B, C2, T2, F}, x.options());
-  auto code = at::empty({B, T2, R}, x.options().dtype(at::kByte));
-  const float* xp = x.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  uint8_t* cp = code.mutable_data_ptr<uint8_t>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> pad(Tp * Fp * C1, 0.0f), pre(2 * R), row(R);  // borders stay 0
-    for (int64_t b = begin; b < end; ++b)
-      conv2_window(xp + b * T * F * C1, wt.data(), bias.data(), pad.data(), pre.data(), row.data(),
-                   op + b * C2 * T2 * F, cp + b * T2 * R, T, F, C1, C2, k);
-  });
-  return {out, code};
-}
-#endif
-
 // ------------------------------------------------------------------ the whole feature block
 //
-// conv1 + pool + ReLU, conv2 + pool + ReLU (see conv2_pool_relu_avx512; oneDNN's convolution on
-// channels-last where the CPU lacks AVX-512, and for conv2's backward everywhere), as one op each
-// way, so that a training step crosses from Python into C++ once for the block, not once per
-// layer. Returns the block's output (B, C2, T/4, F) in the default layout, and what the backward
-// needs: conv2's input and the two pools' codes.
+// conv1 + pool + ReLU, conv2 + pool + ReLU, as one op each way, so that a training step crosses
+// from Python into C++ once for the block, not once per layer. Returns the block's output
+// (B, C2, T/4, F) in the default layout, and what the backward needs: conv2's input and the two
+// pools' codes.
 
-// Where conv2 runs: "avx512" (direct, 16 floats; oneDNN's backward), "direct" (the 8-float kernels
-// both ways) or "onednn" (oneDNN's convolution both ways, and pool passes): HPSEARCH_CPU_KERNELS_ONEDNN=1
-// picks the last, so that scripts/bench.py and the tests can compare them on any CPU.
-enum class Conv2 { kAvx512, kDirect, kOnednn };
-
-Conv2 conv2_path() {
+// Where conv2 runs: hpsearch's direct convolution, or oneDNN's both ways with the pool passes
+// (HPSEARCH_CPU_KERNELS_ONEDNN=1), so that scripts/bench.py and the tests can compare them on any CPU.
+bool conv2_onednn() {
   const char* onednn = std::getenv("HPSEARCH_CPU_KERNELS_ONEDNN");
-  if (onednn && *onednn && *onednn != '0') return Conv2::kOnednn;
-  return use_avx512() ? Conv2::kAvx512 : Conv2::kDirect;
+  return onednn && *onednn && *onednn != '0';
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features(const at::Tensor& x, const at::Tensor& w1,
@@ -1144,31 +985,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features(const at::Te
                                                                     const at::Tensor& b2) {
   auto [a1, code1] = conv1_pool_relu(x, w1, b1);
   check_conv2(a1, w2, &b2, "features");
-  switch (conv2_path()) {
-#ifdef HPS_AVX512
-    case Conv2::kAvx512: {
-      auto [out, code2] = conv2_pool_relu_avx512(a1, w2, b2);
-      return {out, a1, code1, code2};
-    }
-#endif
-    case Conv2::kDirect: {
-      auto [out, code2] = conv2_pool_relu_direct(a1, w2, b2);
-      return {out, a1, code1, code2};
-    }
-    default: {
-      const int64_t p = w2.size(2) / 2;
-      auto z2 = at::convolution(a1, w2, b2, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
-      auto [out, code2] = pool_relu(z2);
-      return {out, a1, code1, code2};
-    }
+  if (!conv2_onednn()) {
+    auto [out, code2] = conv2_pool_relu_direct(a1, w2, b2);
+    return {out, a1, code1, code2};
   }
+  const int64_t p = w2.size(2) / 2;
+  auto z2 = at::convolution(a1, w2, b2, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
+  auto [out, code2] = pool_relu(z2);
+  return {out, a1, code1, code2};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> features_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& a1, const at::Tensor& code1,
     const at::Tensor& code2, const at::Tensor& w1, const at::Tensor& w2) {
   at::Tensor ga1, gw2, gb2;
-  if (conv2_path() == Conv2::kDirect) {
+  if (!conv2_onednn()) {
     std::tie(ga1, gw2, gb2) = conv2_pool_relu_direct_backward(grad, code2, a1, w2);
   } else {
     const auto gz2 = pool_relu_backward(grad, code2, a1.size(2));
