@@ -540,8 +540,8 @@ def section_cnn(b: Bench, prep) -> None:
         ),
         (
             "hpsearch",
-            "lever kept: AVX-512 code where the CPU has it: the rows, and conv2's forward at 16 floats "
-            "(its backward: oneDNN's)"
+            "lever kept: AVX-512 where the CPU has it: conv2's direct convolution at 16 floats, "
+            "forward and backward"
             + ("" if avx512 else " [this CPU has no AVX-512: the same code as the row above]"),
             "generic",
         ),

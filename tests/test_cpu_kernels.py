@@ -26,9 +26,9 @@ CL = torch.channels_last
 
 @pytest.fixture(params=["vector", "generic", "onednn"])
 def ops(request, monkeypatch):
-    """The kernels, each test run three ways: with the AVX-512 code where this CPU has it, with the
-    generic code that any other CPU runs (HPSEARCH_CPU_KERNELS_GENERIC=1: 8-float direct conv2),
-    and with oneDNN's conv2 (HPSEARCH_CPU_KERNELS_ONEDNN=1)."""
+    """The kernels, each test run three ways: with the AVX-512 code where this CPU has it (conv2 at
+    16 floats), with the generic code that any other CPU runs (HPSEARCH_CPU_KERNELS_GENERIC=1: at
+    8 floats), and with oneDNN's conv2 (HPSEARCH_CPU_KERNELS_ONEDNN=1)."""
     if request.param == "generic":
         monkeypatch.setenv("HPSEARCH_CPU_KERNELS_GENERIC", "1")
     if request.param == "onednn":
@@ -206,9 +206,9 @@ def test_pool_backward_reads_a_gradient_sliced_from_a_wider_one(ops):
     [(8, 16, 3, 96, 6), (4, 17, 3, 21, 5), (3, 40, 5, 16, 7), (2, 3, 3, 9, 1), (16, 8, 1, 8, 4)],
 )
 def test_the_feature_block_equals_the_modules(ops, c1, c2, k, T, F):
-    # conv2 runs as hpsearch's direct convolution fused with its pool (AVX-512: forward at 16
-    # floats, oneDNN's backward; elsewhere 8 floats both ways), or as oneDNN's: channel counts that
-    # do not fill a register, pixels that do not fill a block.
+    # conv2 runs as hpsearch's direct convolution fused with its pool (16 floats on AVX-512 where
+    # it has more than 8 channels, else 8), or as oneDNN's: channel counts that do not fill a
+    # register, pixels that do not fill a block.
     torch.manual_seed(0)
     conv1, conv2 = nn.Conv2d(1, c1, k, padding=k // 2), nn.Conv2d(c1, c2, k, padding=k // 2)
     x = torch.randn(6, T, F)

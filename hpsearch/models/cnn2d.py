@@ -94,7 +94,7 @@ class Cnn2d(nn.Module):
         # On CPU, float32, the block is one fused C++ op each way (_Features, cnn2d_cpu.cpp:
         # conv1 + pool + ReLU in one pass, conv2 + pool + ReLU in one pass, each convolution
         # summed in registers), measured 2.6x this module path's epoch at batch 64 on 2 AVX2
-        # cores (1.4-1.6x on an AVX-512 Xeon, where conv2's backward is oneDNN's). These modules
+        # cores and 2.0x on a 2-core AVX-512 Xeon. These modules
         # are the parameters, the state_dict and, elsewhere (CUDA, MPS, no C++ compiler,
         # torch.compile), the computation:
         # - the first conv is one matrix product that writes channels-last activations (see
