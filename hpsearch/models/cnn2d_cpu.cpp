@@ -125,7 +125,7 @@ HPS_INLINE vi8 load_codes(const uint8_t* code) {
 template <int L>
 struct Lanes;
 // Each member does its work itself: one that called bcast8 compiled to 7 lane inserts instead of
-// a vbroadcastss in every clone (gcc 12 lowered the shuffle before it reached the clone's ISA).
+// a vbroadcastss in every clone (gcc 12.2), and the 8-float conv2 ran 5x slower.
 template <>
 struct Lanes<8> {
   using V = vf8;
@@ -248,9 +248,9 @@ HPS_CLONES void unpool_row(const float* __restrict__ s, const uint8_t* __restric
 }
 
 // The pool rows of pool_relu (the pass after oneDNN's conv2) with AVX-512 intrinsics where the
-// CPU has them: 16 floats, and mask registers for the codes and the tails (measured at batch 64 against the generic loops as they were then, scalar
-// code left to the vectorizer: conv1 forward 143 -> 101 us, backward 186 -> 90 us; not measured
-// against the 8-float vectors above, which came later, on a CPU without AVX-512).
+// CPU has them: 16 floats, and mask registers for the codes and the tails (written when conv1's
+// band used them too, and measured then at batch 64 against the generic loops as they were,
+// scalar code left to the vectorizer: conv1 forward 143 -> 101 us, backward 186 -> 90 us).
 // HPSEARCH_CPU_KERNELS_GENERIC=1 picks the generic code (tests compare both).
 #ifdef HPS_AVX512
 bool use_avx512() {
@@ -547,7 +547,7 @@ std::vector<float> padded_bias(const at::Tensor& bias, int64_t n) {
 // these kernels' earlier AVX-512 rows) sums k * F. Measured at batch 256 against the band: 8-float
 // vectors on 2 AVX2 cores, forward 1.83 -> 1.20 us per window and backward 3.17 -> 1.19 (with the
 // two fixes in add_channel_sums and code_bytes); on a 2-core AVX-512 Xeon against the band's
-// 16-float intrinsics, forward 1.01-1.04 -> 0.96 and backward 1.22-2.21 -> 0.78-0.79.
+// 16-float intrinsics, forward 1.01-1.04 -> 0.93-0.97 and backward 1.22-2.21 -> 0.76-0.79.
 
 // One window: x (T, F) -> relu(pool(conv1(x))) as rows (T/2, F * C) channels-last, and the code.
 HPS_CLONES void conv1_forward_window(const float* __restrict__ x, const float* __restrict__ wt,
@@ -728,9 +728,9 @@ std::tuple<at::Tensor, at::Tensor> conv1_pool_relu_backward(const at::Tensor& gr
 // for the input's gradient, whose outputs are conv2's input channels), and compiled twice: at
 // 8 floats by HPS_CLONES for any CPU, and at 16 where the CPU has AVX-512, when there are more
 // than 8 channels to fill a register. Measured on a 2-core AVX-512 Xeon at batch 256, 8 -> 16
-// channels, per window: forward 3.60-3.74 us at 8 floats, 2.62-2.72 at 16 (the intrinsics kernel
-// this replaced: ~3.6, the block's 4.6 less conv1's 1.0); backward 7.04-7.14 at 8 floats, 6.17-6.28 at 16 (oneDNN's: 11.1-11.3
-// for the whole block).
+// channels, per window: forward 3.60-3.74 us at 8 floats, 2.61-2.82 at 16 (the intrinsics kernel
+// this replaced: ~3.6, the block's 4.6 less conv1's 1.0); backward 7.04-7.14 at 8 floats,
+// 6.04-6.28 at 16 (the whole block's backward with oneDNN's conv2: 11.1-11.3).
 
 // One window forward: a1 (T1, F, C1) -> relu(pool(conv2(a1))) as out (C2, T1/2, F) and code
 // (T1/2, F * C2). pad: Padded{T1, F, C1, p}; pre: 2 rows (F, C2p); rows: (T1/2, F * C2), the pooled
@@ -871,8 +871,7 @@ HPS_TARGET_AVX512 void conv2_backward_avx512(HPS_BACKWARD_ARGS) {
 // The lanes the kernels use for C output channels: 16 on AVX-512 CPUs where C > 8, else 8.
 int64_t lanes_for(int64_t C) { return use_avx512() && C > kVec ? 16 : kVec; }
 
-// Called directly, not through a pointer: a pointer to an HPS_CLONES function, taken inside its
-// shared object, ran its baseline x86-64 clone (measured 5x slower).
+// One window at L (and L1) floats: the instantiation for that width.
 void conv2_forward_window(int64_t L, HPS_FORWARD_ARGS) {
 #ifdef HPS_AVX512
   if (L == 16) return conv2_forward_16(HPS_FORWARD_CALL);
@@ -909,8 +908,8 @@ std::tuple<at::Tensor, at::Tensor> conv2_pool_relu_direct(const at::Tensor& a1, 
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> pad(g.size(), 0.0f), pre(2 * F * C2p), rows(T2 * R);  // borders stay 0
     for (int64_t b = begin; b < end; ++b)
-      conv2_forward_window(L, xp + b * T1 * F * C1, wt.data(), bias.data(), pad.data(), pre.data(), rows.data(), op + b * C2 * T2 * F,
-             cp + b * T2 * R, T1, F, C1, C2, k);
+      conv2_forward_window(L, xp + b * T1 * F * C1, wt.data(), bias.data(), pad.data(), pre.data(), rows.data(),
+                           op + b * C2 * T2 * F, cp + b * T2 * R, T1, F, C1, C2, k);
   });
   return {out, code};
 }
@@ -950,8 +949,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2_pool_relu_direct_backward(c
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       float* gw = partial.data() + chunk * N;
       for (int64_t b = chunk * kChunk; b < std::min(B, (chunk + 1) * kChunk); ++b)
-        conv2_backward_window(L, L1, gp + b * bs, cp + b * T2 * R, xp + b * T1 * F * C1, wt_flip.data(), zeros.data(), apad.data(),
-               gpad.data(), pre.data(), rows.data(), ip + b * T1 * F * C1, gw, gw + NW, T1, F, C1, C2, k);
+        conv2_backward_window(L, L1, gp + b * bs, cp + b * T2 * R, xp + b * T1 * F * C1, wt_flip.data(),
+                              zeros.data(), apad.data(), gpad.data(), pre.data(), rows.data(), ip + b * T1 * F * C1,
+                              gw, gw + NW, T1, F, C1, C2, k);
     }
   });
   for (int64_t chunk = 1; chunk < n_chunks; ++chunk)  // chunks in order: a fixed summation order
