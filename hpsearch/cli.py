@@ -47,9 +47,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # SIGINT and SIGTERM (a scheduler's stop) both end the running trial as FAIL "interrupted",
     # never in the middle of a storage write (see hpsearch.interrupt). Installed explicitly: a
     # shell script starting `hpsearch run ... &` leaves SIGINT ignored.
-    interrupt.install(repeat="raise", sigterm=True)
+    handler = interrupt.install(repeat="raise", sigterm=True)
     try:
         run_study(cfg, url, console, n_trials=args.n_trials, workers=args.workers)
+        handler.close()
     except KeyboardInterrupt:
         running = "the running trials were" if args.workers > 1 else "the running trial was"
         err_console.print(

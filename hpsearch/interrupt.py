@@ -75,6 +75,12 @@ class DeferredInterrupt:
             return
         self._take()
 
+    def close(self) -> None:
+        """The work is done: a signal still waiting for a storage call is dropped (it would
+        otherwise surface in whatever runs next, or at the interpreter's exit), and any later
+        signal raises at once."""
+        self.pending, self.taken, self.repeat = False, True, "raise"
+
     def _take(self) -> None:
         self.pending, self.taken = False, True
         raise KeyboardInterrupt

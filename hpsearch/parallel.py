@@ -66,6 +66,9 @@ def worker_main(cfg: StudyConfig, storage_url: str, index: int, threads: int) ->
     # On Ctrl-C the trial is already marked FAIL "interrupted"; the parent says how to resume.
     with contextlib.suppress(KeyboardInterrupt):
         optimize(cfg, study, prep, on_trial_end=line)
+    # Done: a signal still waiting for a storage call, or a late copy, must not print a traceback
+    # from multiprocessing's exit path (the parent reports the interruption).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_workers(cfg: StudyConfig, storage_url: str, workers: int, console: Console, done: int) -> None:

@@ -137,6 +137,15 @@ def test_a_worker_takes_one_interrupt_and_ignores_the_copies():
     no_interrupt_within(0.05)
 
 
+def test_a_signal_still_waiting_when_the_work_is_done_is_dropped():
+    handler = interrupt.install()
+    STORAGE_CALL(lambda: signal.raise_signal(signal.SIGINT))  # the last write of a finished run
+    handler.close()
+    no_interrupt_within(0.1)
+    with pytest.raises(KeyboardInterrupt):  # a Ctrl-C after that stops at once
+        signal.raise_signal(signal.SIGINT)
+
+
 def test_repeat_must_be_known():
     with pytest.raises(ValueError, match="repeat"):
         interrupt.DeferredInterrupt("twice")
