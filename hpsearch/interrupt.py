@@ -8,12 +8,12 @@ an internal error (exit 1) instead of "Run the same command again to resume" (ex
 it once; locally it took about 1 Ctrl-C in 40 at random moments, and a signal raised from
 SQLAlchemy's `after_transaction_end` event reproduces it every time (tests/test_interrupt.py).
 
-So the handler looks at what the main thread is running. Outside storage code it raises
-KeyboardInterrupt at once, as Python's default handler does. Inside, it notes the signal and asks
-again every few milliseconds (a timer thread re-delivers it with `_thread.interrupt_main`) until
-the storage call has returned, then raises. Written here because no library offers it: Optuna's
-`optimize` does not shield its storage from KeyboardInterrupt, and Python cannot mask signals
-around a block of code.
+So the handler looks at what the main thread is running. Outside storage code (and the few other
+places of DEFER_MODULES) it raises KeyboardInterrupt at once, as Python's default handler does.
+Inside, it notes the signal and asks again every few milliseconds (a timer thread re-delivers it
+with `_thread.interrupt_main`) until the call has returned, then raises. Written here because no
+library offers it: Optuna's `optimize` does not shield its storage from KeyboardInterrupt, and
+Python cannot mask signals around a block of code.
 """
 
 from __future__ import annotations
@@ -23,65 +23,66 @@ import signal
 import threading
 from types import FrameType
 
-# Modules whose code must not be cut short: the storage stack under Optuna's RDBStorage.
-STORAGE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "psycopg2", "alembic", "optuna.storages")
+# Modules whose code must not be cut short: the storage stack under Optuna's RDBStorage; Optuna's
+# tell (its caller catches only Exception there, and a KeyboardInterrupt inside left the trial
+# RUNNING with an UnboundLocalError, seen with two Ctrl-Cs 20 ms apart); weakref callbacks, which
+# run during garbage collection and swallow what they raise (a Ctrl-C there was lost).
+DEFER_MODULES = (
+    "sqlalchemy",
+    "sqlite3",
+    "psycopg",
+    "psycopg2",
+    "alembic",
+    "optuna.storages",
+    "optuna.study._tell",
+    "weakref",
+)
 RETRY_SECONDS = 0.005
 
 
-def in_storage_code(frame: FrameType | None) -> bool:
-    """Whether `frame` or any frame under which it runs belongs to a storage module."""
+def in_deferred_code(frame: FrameType | None) -> bool:
+    """Whether `frame` or any frame under which it runs belongs to one of DEFER_MODULES."""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if any(module == m or module.startswith(m + ".") for m in STORAGE_MODULES):
+        if any(module == m or module.startswith(m + ".") for m in DEFER_MODULES):
             return True
         frame = frame.f_back
     return False
 
 
 class DeferredInterrupt:
-    """A SIGINT/SIGTERM handler that raises KeyboardInterrupt only outside storage code.
+    """A SIGINT/SIGTERM handler that raises KeyboardInterrupt only outside DEFER_MODULES' code.
 
-    `repeat` says what a further signal does once the first has been taken: "raise" (a user
-    pressing Ctrl-C again means stop now, as with Python's default handler) or "ignore" (a worker
-    of `--workers N` gets the terminal's Ctrl-C and the parent's copy of it; the second must not
-    cut short the recording of its trial as FAIL "interrupted").
+    A signal that arrives while one already waits is absorbed: the waiting one is raised. `repeat`
+    says what a signal does once KeyboardInterrupt has been raised: "raise" it again (a user
+    pressing Ctrl-C again, e.g. after a KeyboardInterrupt that a library swallowed), still never
+    inside that code, or "ignore" it (a worker of `--workers N` gets the terminal's Ctrl-C and the
+    parent's copy of it; the second must not cut short the recording of its trial as FAIL
+    "interrupted").
     """
 
     def __init__(self, repeat: str = "raise") -> None:
         if repeat not in ("raise", "ignore"):
             raise ValueError(f"repeat must be 'raise' or 'ignore', got {repeat!r}")
         self.repeat = repeat
-        self.pending = False  # a signal came while storage code ran; raised once that returns
+        self.pending = False  # a signal came while deferred code ran; raised once that returns
         self.taken = False  # KeyboardInterrupt has been raised
         self._retrying = False  # the next call is the timer's re-delivery, not a new signal
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         retry, self._retrying = self._retrying, False
         if retry and not self.pending:
-            return  # a re-delivery overtaken by a later signal that was raised already
-        if self.taken:
-            if self.repeat == "raise":
-                raise KeyboardInterrupt
+            return  # a re-delivery of a signal that is gone
+        if self.pending and not retry:
+            return  # another signal while one waits: the waiting one will be raised
+        if self.taken and self.repeat == "ignore":
             return
-        if self.pending and not retry:  # another signal while the first waits
-            if self.repeat == "raise":
-                self._take()  # Ctrl-C again while a storage call is slow: stop now
-            return  # a worker's copy of the same Ctrl-C: the waiting one will be raised
-        if in_storage_code(frame):
+        if in_deferred_code(frame):
             self.pending = True
             timer = threading.Timer(RETRY_SECONDS, self._redeliver)
             timer.daemon = True
             timer.start()
             return
-        self._take()
-
-    def close(self) -> None:
-        """The work is done: a signal still waiting for a storage call is dropped (it would
-        otherwise surface in whatever runs next, or at the interpreter's exit), and any later
-        signal raises at once."""
-        self.pending, self.taken, self.repeat = False, True, "raise"
-
-    def _take(self) -> None:
         self.pending, self.taken = False, True
         raise KeyboardInterrupt
 
@@ -97,3 +98,11 @@ def install(repeat: str = "raise", sigterm: bool = False) -> DeferredInterrupt:
     if sigterm:
         signal.signal(signal.SIGTERM, handler)
     return handler
+
+
+def finished() -> None:
+    """The work is done and the process is about to exit: ignore SIGINT and SIGTERM from now on.
+    A signal still waiting is dropped, and a late one cannot surface in the interpreter's exit
+    (as "Exception ignored in atexit callback", or a death by SIGINT after a complete run)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -13,14 +13,14 @@ import multiprocessing as mp
 import os
 import signal
 import time
-
-import optuna
-import torch
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from hpsearch import interrupt
-from hpsearch.config import StudyConfig
-from hpsearch.progress import fmt_params, trial_progress
+
+if TYPE_CHECKING:  # imported where used: a worker starts by importing this module (see worker_main)
+    from rich.console import Console
+
+    from hpsearch.config import StudyConfig
 
 POLL_SECONDS = 1.0
 WORKER_SEED_STRIDE = 10_007  # distinct sampler streams per worker, still reproducible
@@ -31,17 +31,36 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def worker_main(cfg: StudyConfig, storage_url: str, index: int, threads: int) -> None:
-    """One worker: its own data, storage connection and seeded sampler, until the study is full."""
+def worker_main(raw_cfg: dict, storage_url: str, index: int, threads: int) -> None:
+    """One worker: its own data, storage connection and seeded sampler, until the study is full.
+    The config comes as a plain dict, so that starting the process imports nothing heavy."""
+    # First, before the imports (torch, optuna: seconds): Ctrl-C in a terminal reaches every
+    # worker, and the parent passes it on too; the second signal must not interrupt the worker
+    # while it records its trial as FAIL "interrupted". SIGTERM (a scheduler stopping the
+    # process group) ends the trial the same way.
+    interrupt.install(repeat="ignore", sigterm=True)
+    # On Ctrl-C the trial is already marked FAIL "interrupted"; the parent says how to resume.
+    with contextlib.suppress(KeyboardInterrupt):
+        _work(raw_cfg, storage_url, index, threads)
+    # Done: a signal still waiting for a storage call, or a late copy, must not print a traceback
+    # from multiprocessing's exit path.
+    interrupt.finished()
+
+
+def _work(raw_cfg: dict, storage_url: str, index: int, threads: int) -> None:
+    import optuna
+    import torch
+    from rich.console import Console
+
+    from hpsearch.config import from_dict
+    from hpsearch.progress import fmt_params
     from hpsearch.runner import optimize, prepare
     from hpsearch.search import make_pruner, make_sampler, pruning_cells
     from hpsearch.storage import open_storage
     from hpsearch.train import resolve_device
 
+    cfg = from_dict(raw_cfg, "the study config passed to a worker")
     torch.set_num_threads(threads)
-    # Ctrl-C in a terminal reaches every worker, and the parent passes it on too: the second
-    # signal must not interrupt the worker while it records its trial as FAIL "interrupted".
-    interrupt.install(repeat="ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     console = Console(highlight=False, soft_wrap=True)
     prep = prepare(cfg, resolve_device(cfg.training.device))
@@ -63,22 +82,20 @@ def worker_main(cfg: StudyConfig, storage_url: str, index: int, threads: int) ->
             f"{fmt_params(trial.params)}"
         )
 
-    # On Ctrl-C the trial is already marked FAIL "interrupted"; the parent says how to resume.
-    with contextlib.suppress(KeyboardInterrupt):
-        optimize(cfg, study, prep, on_trial_end=line)
-    # Done: a signal still waiting for a storage call, or a late copy, must not print a traceback
-    # from multiprocessing's exit path (the parent reports the interruption).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    optimize(cfg, study, prep, on_trial_end=line)
 
 
 def run_workers(cfg: StudyConfig, storage_url: str, workers: int, console: Console, done: int) -> None:
+    import optuna
+
+    from hpsearch.progress import trial_progress
     from hpsearch.runner import FINISHED, count
     from hpsearch.storage import open_storage
 
     ctx = mp.get_context("spawn")
     threads = threads_per_worker(workers)
     procs = [
-        ctx.Process(target=worker_main, args=(cfg, storage_url, i, threads), name=f"hpsearch-w{i}")
+        ctx.Process(target=worker_main, args=(cfg.to_dict(), storage_url, i, threads), name=f"hpsearch-w{i}")
         for i in range(workers)
     ]
     for p in procs:

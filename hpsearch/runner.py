@@ -158,10 +158,9 @@ def open_study(
         direction="minimize",
         load_if_exists=True,
     )
-    if "config" not in study.user_attrs:
+    if "config" not in study.user_attrs:  # written last: its presence means all of this was
         for params in cfg.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
-        study.set_user_attr("config", cfg.to_dict())
         fp = prep.bars.fingerprint
         study.set_user_attr("data_fingerprint", {k: v for k, v in fp.items() if k != "file_sha256"})
         study.set_user_attr("data_files_sha256", fp["file_sha256"])
@@ -176,6 +175,7 @@ def open_study(
             for s in prep.windows.segments.values()
         }
         study.set_user_attr("segments", segments)
+        study.set_user_attr("config", cfg.to_dict())
     return study, started
 
 
