@@ -47,17 +47,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     # SIGINT and SIGTERM (a scheduler's stop) both end the running trial as FAIL "interrupted",
     # never in the middle of a storage write (see hpsearch.interrupt). Installed explicitly: a
     # shell script starting `hpsearch run ... &` leaves SIGINT ignored.
-    interrupt.install(repeat="raise", sigterm=True)
+    handler = interrupt.install(repeat="raise", sigterm=True)
     try:
         run_study(cfg, url, console, n_trials=args.n_trials, workers=args.workers)
     except KeyboardInterrupt:
-        interrupt.finished()
         err_console.print(
             f"interrupted: finished trials are kept in {mask_url(url)}, and a trial that was running "
             "is marked FAIL (stop_reason: interrupted). Run the same command again to resume."
         )
         return 130
-    interrupt.finished()
+    finally:
+        handler.uninstall()
     return 0
 
 

@@ -19,6 +19,7 @@ Python cannot mask signals around a block of code.
 from __future__ import annotations
 
 import _thread
+import atexit
 import signal
 import threading
 from types import FrameType
@@ -68,6 +69,7 @@ class DeferredInterrupt:
         self.pending = False  # a signal came while deferred code ran; raised once that returns
         self.taken = False  # KeyboardInterrupt has been raised
         self._retrying = False  # the next call is the timer's re-delivery, not a new signal
+        self.previous: dict[int, object] = {}  # the handlers install() replaced
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         retry, self._retrying = self._retrying, False
@@ -87,22 +89,33 @@ class DeferredInterrupt:
         raise KeyboardInterrupt
 
     def _redeliver(self) -> None:
-        self._retrying = True
-        _thread.interrupt_main(signal.SIGINT)
+        if self.pending:  # not dropped meanwhile (uninstall)
+            self._retrying = True
+            _thread.interrupt_main(signal.SIGINT)
+
+    def uninstall(self) -> None:
+        """The work is done: drop a signal still waiting and put back the handlers that were there
+        before (a caller of hpsearch.cli.main in its own process keeps its Ctrl-C). From the
+        interpreter's exit on, SIGINT and SIGTERM are ignored, so that a late one cannot surface
+        there (as "Exception ignored in atexit callback", or a death by SIGINT after a run)."""
+        self.pending = False
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        atexit.register(ignore_signals)
 
 
 def install(repeat: str = "raise", sigterm: bool = False) -> DeferredInterrupt:
     """Handle SIGINT (and SIGTERM: a scheduler's stop) in this process; return the handler."""
     handler = DeferredInterrupt(repeat)
-    signal.signal(signal.SIGINT, handler)  # also how the timer re-delivers a deferred signal
-    if sigterm:
-        signal.signal(signal.SIGTERM, handler)
+    signums = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+    handler.previous = {s: signal.getsignal(s) for s in signums}
+    for signum in signums:  # SIGINT is also how the timer re-delivers a deferred signal
+        signal.signal(signum, handler)
     return handler
 
 
-def finished() -> None:
-    """The work is done and the process is about to exit: ignore SIGINT and SIGTERM from now on.
-    A signal still waiting is dropped, and a late one cannot surface in the interpreter's exit
-    (as "Exception ignored in atexit callback", or a death by SIGINT after a complete run)."""
+def ignore_signals() -> None:
+    """For a process about to exit that starts no other (ignoring is inherited): SIGINT and
+    SIGTERM do nothing from now on, and a signal still waiting is dropped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -43,8 +43,8 @@ def worker_main(raw_cfg: dict, storage_url: str, index: int, threads: int) -> No
     with contextlib.suppress(KeyboardInterrupt):
         _work(raw_cfg, storage_url, index, threads)
     # Done: a signal still waiting for a storage call, or a late copy, must not print a traceback
-    # from multiprocessing's exit path.
-    interrupt.finished()
+    # from multiprocessing's exit path (which skips atexit).
+    interrupt.ignore_signals()
 
 
 def _work(raw_cfg: dict, storage_url: str, index: int, threads: int) -> None:

@@ -153,16 +153,25 @@ def test_a_worker_takes_one_interrupt_and_ignores_the_copies():
     no_interrupt_within(0.05)
 
 
-def test_once_the_work_is_done_signals_are_ignored_and_a_waiting_one_is_dropped():
-    interrupt.install(sigterm=True)
+def test_uninstall_drops_a_waiting_signal_and_puts_the_old_handlers_back():
+    before = signal.getsignal(signal.SIGINT)
+    handler = interrupt.install(sigterm=True)
     STORAGE_CALL(lambda: signal.raise_signal(signal.SIGINT))  # the last write of a finished run
-    interrupt.finished()
+    handler.uninstall()
+    no_interrupt_within(0.1)  # the waiting one is dropped, not raised by the old handler
+    assert signal.getsignal(signal.SIGINT) is before  # a caller of cli.main keeps its Ctrl-C
+
+
+def test_a_worker_about_to_exit_ignores_signals():
+    interrupt.install(repeat="ignore", sigterm=True)
+    STORAGE_CALL(lambda: signal.raise_signal(signal.SIGINT))
+    interrupt.ignore_signals()
     no_interrupt_within(0.1)
-    try:  # at the interpreter's exit these would print "Exception ignored ..." or kill it
+    try:  # multiprocessing's exit path would print a traceback for these
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGTERM)
     except KeyboardInterrupt:
-        pytest.fail("a signal after finished() was raised")
+        pytest.fail("a signal after ignore_signals() was raised")
 
 
 def test_repeat_must_be_known():
