@@ -21,13 +21,13 @@ from __future__ import annotations
 import _thread
 import atexit
 import signal
+import sys
 import threading
 from types import FrameType
 
 # Modules whose code must not be cut short: the storage stack under Optuna's RDBStorage; Optuna's
 # tell (its caller catches only Exception there, and a KeyboardInterrupt inside left the trial
-# RUNNING with an UnboundLocalError, seen with two Ctrl-Cs 20 ms apart); weakref callbacks, which
-# run during garbage collection and swallow what they raise (a Ctrl-C there was lost).
+# RUNNING with an UnboundLocalError, seen with two Ctrl-Cs 20 ms apart).
 DEFER_MODULES = (
     "sqlalchemy",
     "sqlite3",
@@ -36,7 +36,6 @@ DEFER_MODULES = (
     "alembic",
     "optuna.storages",
     "optuna.study._tell",
-    "weakref",
 )
 RETRY_SECONDS = 0.005
 
@@ -70,6 +69,22 @@ class DeferredInterrupt:
         self.taken = False  # KeyboardInterrupt has been raised
         self._retrying = False  # the next call is the timer's re-delivery, not a new signal
         self.previous: dict[int, object] = {}  # the handlers install() replaced
+        self._unraisable_hook = sys.unraisablehook
+
+    def _unraisable(self, unraisable: object) -> None:
+        # Python swallows what a weakref callback or a __del__ run by the garbage collector raises
+        # ("Exception ignored in ..."): a KeyboardInterrupt raised there would be lost (seen: a
+        # matplotlib weakref callback ate a worker's Ctrl-C), so it is delivered again, shortly.
+        if getattr(unraisable, "exc_type", None) is KeyboardInterrupt and self.taken:
+            self.taken, self.pending = False, True
+            self._retry_soon()
+            return
+        self._unraisable_hook(unraisable)
+
+    def _retry_soon(self) -> None:
+        timer = threading.Timer(RETRY_SECONDS, self._redeliver)
+        timer.daemon = True
+        timer.start()
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         retry, self._retrying = self._retrying, False
@@ -81,9 +96,7 @@ class DeferredInterrupt:
             return
         if in_deferred_code(frame):
             self.pending = True
-            timer = threading.Timer(RETRY_SECONDS, self._redeliver)
-            timer.daemon = True
-            timer.start()
+            self._retry_soon()
             return
         self.pending, self.taken = False, True
         raise KeyboardInterrupt
@@ -101,6 +114,7 @@ class DeferredInterrupt:
         self.pending = False
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)
+        sys.unraisablehook = self._unraisable_hook
         atexit.register(ignore_signals)
 
 
@@ -111,6 +125,7 @@ def install(repeat: str = "raise", sigterm: bool = False) -> DeferredInterrupt:
     handler.previous = {s: signal.getsignal(s) for s in signums}
     for signum in signums:  # SIGINT is also how the timer re-delivers a deferred signal
         signal.signal(signum, handler)
+    sys.unraisablehook = handler._unraisable
     return handler
 
 
