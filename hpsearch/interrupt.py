@@ -113,7 +113,8 @@ class DeferredInterrupt:
         there (as "Exception ignored in atexit callback", or a death by SIGINT after a run)."""
         self.pending = False
         for signum, previous in self.previous.items():
-            signal.signal(signum, previous)
+            if previous is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(signum, previous)
         sys.unraisablehook = self._unraisable_hook
         atexit.register(ignore_signals)
 
