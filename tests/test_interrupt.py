@@ -46,6 +46,22 @@ def wait_for_interrupt(seconds: float = 2.0) -> None:
         time.sleep(0.001)
 
 
+def signals_inside(call, *signums: int) -> list[str]:
+    """Raise `signums` inside `call`'s code, then wait outside it: the KeyboardInterrupt must come
+    only after the call has finished. Returns what the code inside got to record."""
+    steps: list[str] = []
+
+    def work():
+        for signum in signums:
+            signal.raise_signal(signum)
+        steps.append("finished")
+
+    with pytest.raises(KeyboardInterrupt):
+        call(work)
+        wait_for_interrupt()
+    return steps
+
+
 def no_interrupt_within(seconds: float) -> None:
     # pytest stops the whole session on a KeyboardInterrupt, so one that escapes is a failure here.
     try:
@@ -91,31 +107,13 @@ def test_inside_storage_code_the_interrupt_waits_until_the_call_returns():
 
 def test_sigterm_is_deferred_the_same_way():
     interrupt.install(sigterm=True)
-    steps = []
-
-    def write():
-        signal.raise_signal(signal.SIGTERM)
-        steps.append("write finished")
-
-    with pytest.raises(KeyboardInterrupt):
-        STORAGE_CALL(write)
-        wait_for_interrupt()
-    assert steps == ["write finished"]
+    assert signals_inside(STORAGE_CALL, signal.SIGTERM) == ["finished"]
 
 
 def test_a_second_ctrl_c_while_one_waits_is_absorbed_and_a_later_one_raises():
     interrupt.install(repeat="raise")
-    steps = []
-
-    def write():
-        signal.raise_signal(signal.SIGINT)
-        signal.raise_signal(signal.SIGINT)  # pressed twice, 0 ms apart: still not inside the write
-        steps.append("write finished")
-
-    with pytest.raises(KeyboardInterrupt):
-        STORAGE_CALL(write)
-        wait_for_interrupt()
-    assert steps == ["write finished"]
+    # Pressed twice, 0 ms apart: still not inside the write.
+    assert signals_inside(STORAGE_CALL, signal.SIGINT, signal.SIGINT) == ["finished"]
     no_interrupt_within(0.1)  # the absorbed one is not raised again
     with pytest.raises(KeyboardInterrupt):  # a further Ctrl-C later raises again (outside storage code)
         signal.raise_signal(signal.SIGINT)
@@ -124,16 +122,7 @@ def test_a_second_ctrl_c_while_one_waits_is_absorbed_and_a_later_one_raises():
 def test_optunas_tell_is_not_cut_short_either():
     interrupt.install()
     call = module_function("optuna.study._tell", "def call(f):\n    return f()\n")
-    steps = []
-
-    def tell():
-        signal.raise_signal(signal.SIGINT)
-        steps.append("finished")
-
-    with pytest.raises(KeyboardInterrupt):
-        call(tell)
-        wait_for_interrupt()
-    assert steps == ["finished"]
+    assert signals_inside(call, signal.SIGINT) == ["finished"]
 
 
 def test_an_interrupt_swallowed_by_a_weakref_callback_is_delivered_again():
@@ -153,17 +142,8 @@ def test_an_interrupt_swallowed_by_a_weakref_callback_is_delivered_again():
 
 def test_a_worker_takes_one_interrupt_and_ignores_the_copies():
     interrupt.install(repeat="ignore")
-    steps = []
-
-    def write():
-        signal.raise_signal(signal.SIGINT)  # the terminal's Ctrl-C
-        signal.raise_signal(signal.SIGINT)  # the parent's copy of it
-        steps.append("write finished")
-
-    with pytest.raises(KeyboardInterrupt):
-        STORAGE_CALL(write)
-        wait_for_interrupt()
-    assert steps == ["write finished"]
+    # The terminal's Ctrl-C and the parent's copy of it.
+    assert signals_inside(STORAGE_CALL, signal.SIGINT, signal.SIGINT) == ["finished"]
     try:
         signal.raise_signal(signal.SIGINT)  # recording the trial as FAIL is not cut short
     except KeyboardInterrupt:

@@ -74,8 +74,7 @@ HPS_INLINE vf8 load8(const float* p) {
 HPS_INLINE void store8(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
 HPS_INLINE vf8 keep8(vf8 v, vi8 keep) { return (vf8)((vi8)v & keep); }  // v where keep, else +0
 
-// Lane 0 to all (a vbroadcastss; vf8{} + s would not be one, and 0 + -0 is +0). The low byte of
-// each lane to code[0 .. 8), and back (a vpshufb and a vpmovzxbd; __builtin_convertvector goes
+// The low byte of each lane to code[0 .. 8), and back (a vpshufb and a vpmovzxbd; __builtin_convertvector goes
 // lane by lane).
 typedef int64_t vl4 __attribute__((vector_size(32)));
 // code[0 .. 8) as the low bytes of a vector (through a 64-bit lane: a vector filled through
@@ -86,7 +85,6 @@ HPS_INLINE vu32 code_bytes(const uint8_t* code) {
   return (vu32)vl4{u, 0, 0, 0};
 }
 #if defined(__clang__)
-HPS_INLINE vf8 bcast8(float s) { return __builtin_shufflevector(vf8{s}, vf8{s}, 0, 0, 0, 0, 0, 0, 0, 0); }
 HPS_INLINE void store_codes(uint8_t* code, vi8 c) {
   const vu32 b = (vu32)c;
   const vu32 low = __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -99,7 +97,6 @@ HPS_INLINE vi8 load_codes(const uint8_t* code) {
                                       32, 32, 32, 5, 32, 32, 32, 6, 32, 32, 32, 7, 32, 32, 32);
 }
 #else
-HPS_INLINE vf8 bcast8(float s) { return __builtin_shuffle(vf8{s}, vi8{}); }
 HPS_INLINE void store_codes(uint8_t* code, vi8 c) {
   const vu32 low = __builtin_shuffle((vu32)c, vu32{0, 4, 8, 12, 16, 20, 24, 28});
   std::memcpy(code, &low, 8);
@@ -121,47 +118,47 @@ HPS_INLINE vi8 load_codes(const uint8_t* code) {
 
 // The direct convolutions below are written once for a vector of L floats: Lanes<8> (vf8, any
 // CPU) and, where the CPU has AVX-512, Lanes<16>: one zmm register, only ever inlined into
-// HPS_TARGET_AVX512 functions, so that no other CPU runs it.
+// HPS_TARGET_AVX512 functions, so that no other CPU runs it. bcast is lane 0 to all (a
+// vbroadcastss; V{} + s would not be one, and 0 + -0 is +0), with the shuffle in the member
+// itself: one that called a helper for it compiled to 7 lane inserts in every clone (gcc 12.2),
+// and the 8-float conv2 ran 5x slower.
 template <int L>
-struct Lanes;
-// Each member does its work itself: one that called bcast8 compiled to 7 lane inserts instead of
-// a vbroadcastss in every clone (gcc 12.2), and the 8-float conv2 ran 5x slower.
+struct VecOf;
 template <>
-struct Lanes<8> {
+struct VecOf<8> {
   using V = vf8;
-  static HPS_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static HPS_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
-#if defined(__clang__)
-  static HPS_INLINE V bcast(float s) { return __builtin_shufflevector(V{s}, V{s}, 0, 0, 0, 0, 0, 0, 0, 0); }
-#else
-  static HPS_INLINE V bcast(float s) { return __builtin_shuffle(V{s}, vi8{}); }
-#endif
+  using I = vi8;
 };
 #ifdef HPS_AVX512
 typedef float vf16 __attribute__((vector_size(64), aligned(4)));
 typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
 template <>
-struct Lanes<16> {
+struct VecOf<16> {
   using V = vf16;
+  using I = vi16;
+};
+#endif
+
+template <int L>
+struct Lanes {
+  using V = typename VecOf<L>::V;
   static HPS_INLINE V load(const float* p) {
     V v;
     std::memcpy(&v, p, sizeof v);
     return v;
   }
   static HPS_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
-#if defined(__clang__)
   static HPS_INLINE V bcast(float s) {
-    return __builtin_shufflevector(V{s}, V{s}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-  }
+#if defined(__clang__)
+    if constexpr (L == 8)
+      return __builtin_shufflevector(V{s}, V{s}, 0, 0, 0, 0, 0, 0, 0, 0);
+    else
+      return __builtin_shufflevector(V{s}, V{s}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
 #else
-  static HPS_INLINE V bcast(float s) { return __builtin_shuffle(V{s}, vi16{}); }
+    return __builtin_shuffle(V{s}, typename VecOf<L>::I{});
 #endif
+  }
 };
-#endif
 constexpr int64_t kMaxLanes = 16;
 
 // The 8 x 8 block at src (row stride ss) transposed to dst (row stride ds): 24 shuffles, which
@@ -584,7 +581,7 @@ HPS_INLINE void wgrad1_block(const float* pad, const float* G, int64_t rows, int
       vf8 gv[NV];
       for (int v = 0; v < NV; ++v) gv[v] = load8(gr + f * C + kVec * v);
       for (int u = 0; u < QB; ++u) {
-        const vf8 s = bcast8(xr[f + off[u]]);
+        const vf8 s = Lanes<8>::bcast(xr[f + off[u]]);
         for (int v = 0; v < NV; ++v) acc[u][v] += s * gv[v];
       }
     }
