@@ -251,7 +251,7 @@ def provenance_doc(
         "seed": cfg.seed,
         "valid_subset_seed": study_seed(cfg, extras),
         "device": str(dev),
-        "cpu_kernels": cpu_kernels.status(),  # whether the CNN ran hpsearch's fused CPU kernels
+        "cpu_kernels": cpu_kernels.status(),  # whether the model ran hpsearch's CPU kernels
         "data_fingerprint": {k: v for k, v in prep.bars.fingerprint.items() if k != "file_sha256"},
         "data_files_sha256": prep.bars.fingerprint["file_sha256"],
         "segments": {

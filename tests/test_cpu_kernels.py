@@ -306,9 +306,14 @@ def test_the_build_folder_is_one_per_version_of_the_source(monkeypatch, tmp_path
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     here = cpu_kernels.build_dir()
     assert here.parent == tmp_path and here.name.startswith("hpsearch-py")
-    other = tmp_path / "cnn2d_cpu.cpp"
-    other.write_bytes(cpu_kernels.SOURCE.read_bytes())
-    monkeypatch.setattr(cpu_kernels, "SOURCE", other)
+    copies = [tmp_path / source.name for source in cpu_kernels.SOURCES]
+    for source, copy in zip(cpu_kernels.SOURCES, copies, strict=True):
+        copy.write_bytes(source.read_bytes())
+    monkeypatch.setattr(cpu_kernels, "SOURCES", tuple(copies))
     assert cpu_kernels.build_dir() == here  # the same text elsewhere: the same build
-    other.write_bytes(other.read_bytes() + b"// changed\n")
-    assert cpu_kernels.build_dir() != here
+    for copy in copies:  # a change to either file is another version
+        before = copy.read_bytes()
+        copy.write_bytes(before + b"// changed\n")
+        assert cpu_kernels.build_dir() != here
+        copy.write_bytes(before)
+        assert cpu_kernels.build_dir() == here

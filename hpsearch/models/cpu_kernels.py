@@ -1,6 +1,8 @@
-"""The CNN's fused CPU kernels (cnn2d_cpu.cpp): built once per machine, loaded once per process.
+"""hpsearch's CPU kernels: the CNN's fused feature block (cnn2d_cpu.cpp) and the Transformer's
+attention and dropout mask (attention_cpu.cpp), one extension built once per machine and loaded
+once per process.
 
-torch's JIT extension loader compiles the C++ file with the machine's C++ compiler and ninja (the
+torch's JIT extension loader compiles the C++ files with the machine's C++ compiler and ninja (the
 `ninja` wheel is a dependency) into `<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/
 hpsearch-py<python>_torch<version>-<hash of the source>/` (e.g.
 hpsearch-py311_torch2.13.0_cpu-ebcb9322cf); the build takes ~20 s on 2 cores, later processes load
@@ -8,7 +10,7 @@ it in ~1 s.
 `hpsearch run` and `hpsearch train` build it before the first trial (`prepare`), so that no
 trial's time includes it and parallel workers find it built. Where it cannot be built (no
 compiler, a torch without headers) or HPSEARCH_CPU_KERNELS=0 is set, `ops()` returns None and
-the CNN runs the same computation with torch's own modules; the reason is logged once and
+the models run the same computation with torch's own modules; the reason is logged once and
 recorded with each trial (`status()`).
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cnn2d_cpu.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("cnn2d_cpu.cpp", "attention_cpu.cpp"))
 NAME = "hpsearch_cnn2d_cpu"
 ENV = "HPSEARCH_CPU_KERNELS"  # "0": never build or use them
 # Measuring switches read by the C++ (any value but "" or "0..." sets them): the generic code on
@@ -39,8 +41,9 @@ _state: dict[str, object] = {}  # "ops": the loaded namespace or None; "why": th
 
 
 def used_by(family: str, device: torch.device) -> bool:
-    """Whether a model of this family on this device runs the kernels (a CNN on CPU)."""
-    return family == "cnn2d" and device.type == "cpu"
+    """Whether a model of this family on this device runs the kernels (the CNN or the Transformer
+    on CPU)."""
+    return family in ("cnn2d", "transformer") and device.type == "cpu"
 
 
 def enabled() -> bool:
@@ -56,7 +59,7 @@ def ops():
         _state["ops"], _state["why"] = (None, why) if why else _load()
         if _state["ops"] is None and not why:  # a parent that prepared has said it already
             log.warning(
-                "hpsearch: fused CPU kernels unavailable (%s); the CNN runs torch's modules instead "
+                "hpsearch: fused CPU kernels unavailable (%s); the models run torch's modules instead "
                 "(same results, slower). %s=0 skips the build.",
                 _state["why"],
                 ENV,
@@ -110,7 +113,8 @@ def build_dir() -> Path:
     tag = re.sub(
         r"[^A-Za-z0-9_.]", "_", f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
     )
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_flags()).encode()).hexdigest()[:10]
+    text = b"".join(source.read_bytes() for source in SOURCES)
+    digest = hashlib.sha256(text + " ".join(_flags()).encode()).hexdigest()[:10]
     return Path(base) / f"hpsearch-{tag}-{digest}"
 
 
@@ -165,13 +169,16 @@ def _load():
         folder = build_dir()
         folder.mkdir(parents=True, exist_ok=True)
         with _build_lock(folder):
-            source = folder / SOURCE.name  # the same path for every checkout of this version
-            text = SOURCE.read_bytes()
-            if not source.exists() or source.read_bytes() != text:
-                source.write_bytes(text)
+            copies = []
+            for original in SOURCES:
+                source = folder / original.name  # the same path for every checkout of this version
+                text = original.read_bytes()
+                if not source.exists() or source.read_bytes() != text:
+                    source.write_bytes(text)
+                copies.append(str(source))
             cpp_extension.load(
                 name=NAME,
-                sources=[str(source)],
+                sources=copies,
                 extra_cflags=flags,
                 extra_ldflags=flags[1:],
                 build_directory=str(folder),

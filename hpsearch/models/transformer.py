@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hpsearch.models import cpu_kernels
 from hpsearch.models.base import InputSpec
 
 POSITIONAL = ("sinusoidal", "learned")
@@ -53,6 +54,116 @@ def sinusoidal(length: int, dim: int) -> torch.Tensor:
     return table
 
 
+def _kernels(x: torch.Tensor) -> bool:
+    """Whether hpsearch's CPU kernels (attention_cpu.cpp) compute this: float32 on CPU, not under
+    torch.compile (the kernels have no meta functions), the extension built."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and cpu_kernels.ops() is not None
+    )
+
+
+class _Attention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(D)) v for every head, q (B, Tq, E), k and v (B, Tk, E) with the heads
+    side by side in E: `attention` and `attention_backward` of attention_cpu.cpp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads: int, causal: bool):
+        o, lse = cpu_kernels.ops().attention(q, k, v, heads, causal)  # (B, Tq, E), (B, heads, Tq)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.heads, ctx.causal = heads, causal
+        return o
+
+    @staticmethod
+    def backward(ctx, grad):
+        dq, dk, dv = cpu_kernels.ops().attention_backward(grad, *ctx.saved_tensors, ctx.heads, ctx.causal)
+        return dq, dk, dv, None, None
+
+
+def _is_causal(mask: torch.Tensor, length: int) -> bool:
+    """Whether an attn_mask is the square causal one: -inf (or True) above the diagonal only."""
+    if mask.shape != (length, length):
+        return False
+    above = torch.ones(length, length, dtype=torch.bool, device=mask.device).triu(1)
+    if mask.dtype == torch.bool:
+        return torch.equal(mask, above)
+    return bool((mask[above] == -math.inf).all()) and bool((mask[~above] == 0).all())
+
+
+class Attention(nn.MultiheadAttention):
+    """nn.MultiheadAttention whose core runs hpsearch's CPU kernel where it can (float32 on CPU,
+    batch_first, no padding mask, no causal mask but the square one, no attention dropout while
+    training, no attention weights asked for); elsewhere, and for its parameters and
+    state_dict, it is torch's module.
+
+    Why: with 8-float heads torch's CPU attention was about 60 % of a Transformer training step
+    (attention_cpu.cpp says more). The projections are the same products as torch's
+    (in_proj_weight's three blocks, out_proj), and q, k and v are views of them, not copies.
+    Outputs and gradients equal torch's within float rounding (tests/test_transformer_kernels.py).
+    """
+
+    def _fast(self, query, key, value, key_padding_mask, need_weights, attn_mask, is_causal) -> bool:
+        if not (
+            self.batch_first
+            and self._qkv_same_embed_dim
+            and self.in_proj_bias is not None
+            and self.bias_k is None
+            and not self.add_zero_attn
+            and not need_weights
+            and key_padding_mask is None
+            and (self.dropout == 0.0 or not self.training)
+            and query.dim() == 3
+            and key is value
+            and _kernels(query)
+        ):
+            return False
+        if attn_mask is None:
+            return not is_causal  # is_causal without a mask: torch's module raises its own error
+        return query is key and _is_causal(attn_mask, query.shape[1])
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ):
+        if not self._fast(query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
+            return super().forward(
+                query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+            )
+        E, w, b = self.embed_dim, self.in_proj_weight, self.in_proj_bias
+        if query is key:  # self-attention: one (B, T, 3E) product, q, k and v its column blocks
+            q, k, v = nn.functional.linear(query, w, b).split(E, dim=-1)
+        else:  # cross-attention: q from the query, k and v from the memory
+            q = nn.functional.linear(query, w[:E], b[:E])
+            k, v = nn.functional.linear(key, w[E:], b[E:]).split(E, dim=-1)
+        o = _Attention.apply(q, k, v, self.num_heads, attn_mask is not None)  # (B, Tq, E)
+        return nn.functional.linear(o, self.out_proj.weight, self.out_proj.bias), None
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose mask, on CPU, is drawn as 21 random bits per element from torch's
+    generator (three elements per int64 draw) and built by `dropout_mask` (attention_cpu.cpp):
+    ~0.3 ms instead of ~1.5-2 ms for a (64, 96, 32) activation. The drop rate is p rounded to a
+    multiple of 2^-21 and the kept elements are scaled by 1 / (1 - that rate), so the output's
+    expectation is the input, as with torch's. Elsewhere it is torch's module."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cut = round(self.p * 2**21)
+        if not (self.training and 0 < cut < 2**21 and not self.inplace and _kernels(x)):
+            return super().forward(x)
+        words = torch.empty((x.numel() + 2) // 3, dtype=torch.int64).random_()  # 63 random bits each
+        mask = cpu_kernels.ops().dropout_mask(words, x.numel(), cut, 2**21 / (2**21 - cut))
+        return x * mask.view(x.shape)
+
+
 def _block(layer: type[nn.Module], cfg: TransformerConfig) -> nn.Module:
     """One encoder or decoder layer: post-norm, x + sublayer(x) then LayerNorm (the paper's Add & Norm)."""
     block = layer(cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout, batch_first=True, norm_first=False)
@@ -95,6 +206,15 @@ class Transformer(nn.Module):
         self.register_buffer("causal_mask", mask, persistent=False)
         self.decoder = nn.TransformerDecoder(_block(nn.TransformerDecoderLayer, cfg), cfg.decoder_layers)
         self.head = nn.Linear(cfg.d_model, 1)
+        # torch's layers build their attention and dropout modules themselves, with no way to
+        # choose the classes; these two subclasses add no parameters or buffers, so switching the
+        # class of each built module keeps the initial weights (the same random draws as torch's
+        # layers), the state_dict and, where the kernels do not run, the computation.
+        for module in self.modules():
+            if type(module) is nn.MultiheadAttention:
+                module.__class__ = Attention
+            elif type(module) is nn.Dropout:
+                module.__class__ = Dropout
 
     def forward(self, x: torch.Tensor, ticker: torch.Tensor) -> torch.Tensor:
         if self.embedding is not None:
