@@ -279,7 +279,11 @@ class StudyConfig:
 
 
 def _param_dict(p: Param) -> dict[str, Any]:
-    return {k: v for k, v in as_dict(p).items() if k != "name" and v not in (None, False)}
+    """The fields a study file would spell: unset ones (None) and log: false left out. Bounds of
+    0 stay (`v not in (None, False)` dropped them, since 0.0 == False)."""
+    return {
+        k: v for k, v in as_dict(p).items() if k != "name" and v is not None and not (k == "log" and v is False)
+    }
 
 
 TOP_KEYS = (

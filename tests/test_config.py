@@ -13,6 +13,28 @@ def test_builtin_studies_load(name):
     assert cfg.search, "every built-in study searches something"
 
 
+@pytest.mark.parametrize("name", sorted(builtin_studies()))
+def test_a_study_config_survives_its_dict_round_trip(name):
+    # The dict is what the storage keeps (export, report) and what --workers pass to their
+    # processes; a search bound of 0 (transformer_sweep's dropout) was once dropped from it.
+    cfg = load_study(name)
+    assert from_dict(cfg.to_dict(), "stored") == cfg
+
+
+def test_zero_bounds_and_log_false_are_spelled_as_in_a_study_file():
+    raw = {
+        "search": {
+            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+            "hidden": {"type": "int", "low": 0, "high": 4},
+        }
+    }
+    cfg = from_dict({**tiny_study(None), **raw}, "x.yaml")
+    assert cfg.to_dict()["search"] == {
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "hidden": {"type": "int", "low": 0, "high": 4},
+    }
+
+
 def test_lr_sweep_is_the_reference_question():
     cfg = load_study("lr_sweep")
     (lr,) = cfg.search
