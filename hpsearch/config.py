@@ -281,9 +281,8 @@ class StudyConfig:
 def _param_dict(p: Param) -> dict[str, Any]:
     """The fields a study file would spell: unset ones (None) and log: false left out. Bounds of
     0 stay (`v not in (None, False)` dropped them, since 0.0 == False)."""
-    return {
-        k: v for k, v in as_dict(p).items() if k != "name" and v is not None and not (k == "log" and v is False)
-    }
+    unset = {"name"} | {k for k, v in as_dict(p).items() if v is None or (k == "log" and v is False)}
+    return {k: v for k, v in as_dict(p).items() if k not in unset}
 
 
 TOP_KEYS = (

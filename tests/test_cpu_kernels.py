@@ -317,3 +317,13 @@ def test_the_build_folder_is_one_per_version_of_the_source(monkeypatch, tmp_path
         assert cpu_kernels.build_dir() != here
         copy.write_bytes(before)
         assert cpu_kernels.build_dir() == here
+
+
+def test_a_second_derivative_through_the_fused_features_raises(ops):
+    # A gradient penalty (create_graph=True) would otherwise lack the fused block's terms silently.
+    spec = InputSpec(seq_len=16, n_features=3, output_window=1, n_tickers=2, ticker_embedding=True)
+    fast, _ = twins(Cnn2dConfig(), spec)
+    x, ticker = torch.randn(4, 16, 3), torch.zeros(4, dtype=torch.long)
+    loss = fast(x, ticker).square().sum()
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(loss, list(fast.parameters()), create_graph=True)

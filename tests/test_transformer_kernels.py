@@ -231,3 +231,41 @@ def test_the_state_dict_is_torch_layers_and_every_attention_and_dropout_is_switc
     assert nn.MultiheadAttention not in kinds and nn.Dropout not in kinds
     # the input's, 3 in each of 2 encoder layers, 4 in the decoder layer
     assert kinds.count(Attention) == 4 and kinds.count(Dropout) == 1 + 2 * 3 + 4
+
+
+def test_under_cpu_autocast_the_model_runs_torch_attention(ops):
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(), InputSpec(12, 5, 3, 3, True))
+    x, ticker = torch.randn(2, 12, 5), torch.randint(0, 3, (2,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, ticker)  # the projections are bfloat16 here: the kernel is not for them
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_a_second_derivative_through_the_kernels_raises_instead_of_being_wrong(ops):
+    # Through the whole model other paths reach x: without the check the result came back
+    # silently without the attention's terms.
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(dropout=0.0), InputSpec(12, 5, 3, 3, True))
+    x, ticker = torch.randn(2, 12, 5, requires_grad=True), torch.randint(0, 3, (2,))
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(model(x, ticker).square().sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(model(x, ticker).square().sum(), x)  # a first derivative is fine
+    assert torch.isfinite(g).all()
+
+
+def test_no_keys_is_torch_zeros_and_the_op_refuses_it(ops):
+    ours, theirs = module_pair()
+    q, empty = torch.randn(2, 3, 32), torch.randn(2, 0, 32)
+    out, _ = ours(q, empty, empty, need_weights=False)
+    torch.testing.assert_close(out, theirs(q, empty, empty, need_weights=False)[0])
+    with pytest.raises(RuntimeError, match="at least one key"):
+        ops.attention(q, empty, empty, 4, False)
+
+
+def test_a_causal_mask_being_learned_gets_its_gradient_from_torch(ops):
+    ours, _ = module_pair()
+    x = torch.randn(2, 6, 32)
+    mask = nn.Transformer.generate_square_subsequent_mask(6).requires_grad_()
+    ours(x, x, x, need_weights=False, attn_mask=mask)[0].sum().backward()
+    assert mask.grad is not None

@@ -282,6 +282,7 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
   TORCH_CHECK(k.sizes() == v.sizes() && q.size(0) == k.size(0) && q.size(2) == k.size(2), what,
               ": q (B, Tq, E), k and v (B, Tk, E) expected");
   TORCH_CHECK(heads > 0 && q.size(2) % heads == 0, what, ": heads must divide E");
+  TORCH_CHECK(k.size(1) > 0, what, ": at least one key expected");
   TORCH_CHECK(!causal || q.size(1) == k.size(1), what, ": a causal attention needs Tq == Tk");
 }
 

@@ -81,6 +81,7 @@ class _Features(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        cpu_kernels.first_derivative_only("the CNN features")
         gw1, gb1, gw2, gb2 = cpu_kernels.ops().features_backward(grad, *ctx.saved_tensors)
         return None, gw1, gb1, gw2, gb2
 

@@ -67,6 +67,18 @@ def ops():
     return _state["ops"]
 
 
+def first_derivative_only(what: str) -> None:
+    """Called at the top of a kernel's backward. The kernels' gradients are not themselves
+    differentiable: under create_graph=True (grad mode on inside backward) a second derivative
+    would silently lack their terms (torch's once_differentiable only raises where the kernel's
+    output is the only path), so this refuses it and says how to get one."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"hpsearch's CPU kernel for {what} has no second derivative (create_graph=True); "
+            f"run with {ENV}=0 for torch's modules"
+        )
+
+
 def status() -> str:
     """For provenance: 'fused' (the kernels ran; with the measuring switches set, which), 'disabled',
     'unavailable: why', or 'not loaded'."""

@@ -56,10 +56,12 @@ def sinusoidal(length: int, dim: int) -> torch.Tensor:
 
 def _kernels(x: torch.Tensor) -> bool:
     """Whether hpsearch's CPU kernels (attention_cpu.cpp) compute this: float32 on CPU, not under
-    torch.compile (the kernels have no meta functions), the extension built."""
+    CPU autocast (the projections would be bfloat16), not under torch.compile (the kernels have no
+    meta functions), the extension built."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and cpu_kernels.ops() is not None
     )
@@ -78,6 +80,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        cpu_kernels.first_derivative_only("the attention")
         dq, dk, dv = cpu_kernels.ops().attention_backward(grad, *ctx.saved_tensors, ctx.heads, ctx.causal)
         return dq, dk, dv, None, None
 
@@ -116,12 +119,19 @@ class Attention(nn.MultiheadAttention):
             and (self.dropout == 0.0 or not self.training)
             and query.dim() == 3
             and key is value
+            and query.shape[1] > 0
+            and key.shape[1] > 0  # no keys: torch's module gives zeros
             and _kernels(query)
         ):
             return False
         if attn_mask is None:
             return not is_causal  # is_causal without a mask: torch's module raises its own error
-        return query is key and _is_causal(attn_mask, query.shape[1])
+        return (
+            query is key
+            and attn_mask.dtype in (torch.bool, query.dtype)  # torch refuses other float masks
+            and not attn_mask.requires_grad  # a mask being learned: torch's module gives its gradient
+            and _is_causal(attn_mask, query.shape[1])
+        )
 
     def forward(
         self,
