@@ -16,7 +16,9 @@ machine whose load drifts still gives fair ratios. Sections (issue 8):
 4. time to an answer: the lr_sweep study against the same trials run the reference lab's way;
 5. search efficiency: epochs trained with early stopping and pruning against every trial run to
    max_epochs;
-6. Transformer training throughput at W = 1 and W = 48, as in 2.
+6. Transformer training throughput at W = 1 and W = 48, as in 2: hpsearch's loop (its attention and
+   dropout kernels on CPU) against the reference loop with torch's modules, the kernels' share,
+   and GFLOP/s against matmul (FLOPs counted with torch's math attention).
 
 `--quick` shrinks every section (fewer tickers, windows, trials, epochs; the table says so) to
 run in under two minutes; it is what CI may call. The full run is for the record.
