@@ -125,15 +125,9 @@ class Cnn2d(nn.Module):
         self.head = nn.Sequential(*layers)
 
     def _fused(self, x: torch.Tensor) -> bool:
-        """Whether the fused CPU kernels compute the features: float32 on CPU, the input not
-        needing a gradient, not under torch.compile (the kernels have no meta functions)."""
-        return (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and not x.requires_grad
-            and not torch.compiler.is_compiling()
-            and cpu_kernels.ops() is not None
-        )
+        """Whether the fused CPU kernels compute the features: where they can run at all
+        (`cpu_kernels.runs_on`), with the input not needing a gradient."""
+        return not x.requires_grad and cpu_kernels.runs_on(x)
 
     def forward(self, x: torch.Tensor, ticker: torch.Tensor) -> torch.Tensor:
         dropout, first, *rest = self.head

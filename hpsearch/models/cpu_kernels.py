@@ -67,6 +67,17 @@ def ops():
     return _state["ops"]
 
 
+def runs_on(x: torch.Tensor) -> bool:
+    """Whether the kernels can compute with x: float32 on CPU, not under torch.compile (they have
+    no meta functions), and built and enabled here. The models add their own conditions."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and ops() is not None
+    )
+
+
 def first_derivative_only(what: str) -> None:
     """Called at the top of a kernel's backward. The kernels' gradients are not themselves
     differentiable: under create_graph=True (grad mode on inside backward) a second derivative

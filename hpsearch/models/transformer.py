@@ -55,16 +55,9 @@ def sinusoidal(length: int, dim: int) -> torch.Tensor:
 
 
 def _kernels(x: torch.Tensor) -> bool:
-    """Whether hpsearch's CPU kernels (attention_cpu.cpp) compute this: float32 on CPU, not under
-    CPU autocast (the projections would be bfloat16), not under torch.compile (the kernels have no
-    meta functions), the extension built."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and cpu_kernels.ops() is not None
-    )
+    """Whether hpsearch's CPU kernels (attention_cpu.cpp) compute this: where they can run at all
+    (`cpu_kernels.runs_on`), and not under CPU autocast (the projections would be bfloat16)."""
+    return not torch.is_autocast_enabled("cpu") and cpu_kernels.runs_on(x)
 
 
 class _Attention(torch.autograd.Function):
@@ -85,20 +78,10 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def _is_causal(mask: torch.Tensor, length: int) -> bool:
-    """Whether an attn_mask is the square causal one: -inf (or True) above the diagonal only."""
-    if mask.shape != (length, length):
-        return False
-    above = torch.ones(length, length, dtype=torch.bool, device=mask.device).triu(1)
-    if mask.dtype == torch.bool:
-        return torch.equal(mask, above)
-    return bool((mask[above] == -math.inf).all()) and bool((mask[~above] == 0).all())
-
-
 class Attention(nn.MultiheadAttention):
     """nn.MultiheadAttention whose core runs hpsearch's CPU kernel where it can (float32 on CPU,
-    batch_first, no padding mask, no causal mask but the square one, no attention dropout while
-    training, no attention weights asked for); elsewhere, and for its parameters and
+    batch_first, no padding mask, no mask but a causal one flagged is_causal, no attention dropout
+    while training, no attention weights asked for); elsewhere, and for its parameters and
     state_dict, it is torch's module.
 
     Why: with 8-float heads torch's CPU attention was about 60 % of a Transformer training step
@@ -126,12 +109,10 @@ class Attention(nn.MultiheadAttention):
             return False
         if attn_mask is None:
             return not is_causal  # is_causal without a mask: torch's module raises its own error
-        return (
-            query is key
-            and attn_mask.dtype in (torch.bool, query.dtype)  # torch refuses other float masks
-            and not attn_mask.requires_grad  # a mask being learned: torch's module gives its gradient
-            and _is_causal(attn_mask, query.shape[1])
-        )
+        # A mask runs here only as torch's module runs it without reading it: flagged is_causal
+        # (nn.TransformerDecoder sets the flag when its mask is the causal one), and then torch
+        # too computes causal attention from the flag alone. Any other mask is torch's to apply.
+        return is_causal and query is key
 
     def forward(
         self,
