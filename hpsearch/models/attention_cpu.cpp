@@ -33,40 +33,23 @@
 #include <tuple>
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define HPS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define HPS_CLONES
-#endif
-#define HPS_INLINE inline __attribute__((always_inline))
+#include "cpu_simd.h"
 
 namespace {
 
-// 16-float vectors of the compilers' vector extension over keys: every loop below runs over 16
-// keys at a time, so the head width D is a plain runtime loop bound. One zmm register in the
-// AVX-512 clone; the AVX2 clone runs each operation as two ymm ones, a baseline or ARM build as
-// four, which gives every row two or four independent chains (measured on a 2-core AVX-512 EPYC,
-// forward + backward of the encoder's attention: 16.7 ms at 8 floats, 11.0 at 16, one thread).
-typedef float vf __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(64), aligned(4)));
+// 16-float vectors (cpu_simd.h) over keys: every loop below runs over 16 keys at a time, so the
+// head width D is a plain runtime loop bound. One zmm register in the AVX-512 clone; the AVX2
+// clone runs each operation as two ymm ones, a baseline or ARM build as four, which gives every
+// row two or four independent chains (measured on a 2-core AVX-512 EPYC, forward + backward of
+// the encoder's attention: 16.7 ms at 8 floats, 11.0 at 16, one thread).
 constexpr int64_t kVec = 16;
+using vf = VecOf<kVec>::V;
+using vi = VecOf<kVec>::I;
 constexpr int64_t kMask21 = (int64_t{1} << 21) - 1;  // a dropout draw: 21 of a word's 63 random bits
 
-HPS_INLINE vf load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-HPS_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-// Lane 0 to all: one vbroadcastss. vf{s, s, ...} and other spellings compiled to lane inserts
-// (gcc 12.2), which made this file's kernels 2-3x slower.
-HPS_INLINE vf splat(float s) {
-#if defined(__clang__)
-  return __builtin_shufflevector(vf{s}, vf{s}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-#else
-  return __builtin_shuffle(vf{s}, vi{});
-#endif
-}
+// Vec::load, Vec::store, Vec::bcast are called directly: a helper of this file wrapping bcast
+// compiled to slow code again (the trap cpu_simd.h describes; measured 2.2x slower kernels).
+using Vec = Lanes<kVec>;
 HPS_INLINE float hsum(vf v) {
   float s = 0.0f;
   for (int l = 0; l < kVec; ++l) s += v[l];  // a fixed order: the same sum on every CPU
@@ -83,33 +66,34 @@ HPS_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 // a degree-6 polynomial for e^r, 2^n put into the exponent bits; about 1 ulp from std::exp.
 // Below -87.3 the result would be subnormal: it is flushed to +0 (std::exp gives < 1.2e-38).
 HPS_INLINE vf vexp(vf x) {
-  const vi tiny = x < splat(-87.3f);
-  x = x < splat(-87.3f) ? splat(-87.3f) : x;
-  const vf big = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer (round to even)
-  vf n = x * splat(1.44269504088896341f) + big;
+  const vi tiny = x < Vec::bcast(-87.3f);
+  x = x < Vec::bcast(-87.3f) ? Vec::bcast(-87.3f) : x;
+  const vf big = Vec::bcast(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer (round to even)
+  vf n = x * Vec::bcast(1.44269504088896341f) + big;
   n = n - big;
-  vf r = x - n * splat(0.693359375f);
-  r = r - n * splat(-2.12194440e-4f);
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * (r * r) + r + splat(1.0f);
+  vf r = x - n * Vec::bcast(0.693359375f);
+  r = r - n * Vec::bcast(-2.12194440e-4f);
+  vf p = Vec::bcast(1.9875691500e-4f);
+  p = p * r + Vec::bcast(1.3981999507e-3f);
+  p = p * r + Vec::bcast(8.3334519073e-3f);
+  p = p * r + Vec::bcast(4.1665795894e-2f);
+  p = p * r + Vec::bcast(1.6666665459e-1f);
+  p = p * r + Vec::bcast(5.0000001201e-1f);
+  p = p * (r * r) + r + Vec::bcast(1.0f);
   const vi e = __builtin_convertvector(n, vi) << 23;
   const vi bits = (vi)p + e;
   return (vf)(bits & ~tiny);
 }
 
-// One (window, head): Tq query rows against Tk keys, head width D. q, k, v and o point at the
-// head's first element; a row is `qs`, `ks`, `vs`, `os` floats apart (the (B, T, E) layout).
-// Causal: query i sees keys 0..i only (Tq == Tk). Kt and Vt are scratch of D * Tkp floats, s of Tkp.
+// One (window, head): Tq query rows against Tk keys (Tkp: rounded up to whole vectors), head
+// width D. q, k, v and o point at the head's first element; a row is `qs`, `ks`, `vs`, `os` floats
+// apart (the (B, T, E) layout). Causal: query i sees keys 0..i only (Tq == Tk).
 struct Head {
   int64_t Tq, Tk, Tkp, D;
   bool causal;
   float scale;
   int64_t keys(int64_t i) const { return causal ? std::min(Tk, i + 1) : Tk; }
+  static int64_t vectors(int64_t n) { return (n + kVec - 1) / kVec; }  // vectors holding n keys
 };
 
 // K and V transposed into (D, Tkp) with zeros in the padding, so that each row loop runs over
@@ -127,65 +111,65 @@ HPS_INLINE void transpose_in(const float* src, int64_t ss, const Head& h, float*
 HPS_INLINE void row_times(const float* a, const float* M, const Head& h, int64_t nv, float scale, float* out) {
   int64_t jv = 0;
   for (; jv + 4 <= nv; jv += 4) {
-    vf s0 = splat(0.0f), s1 = s0, s2 = s0, s3 = s0;
+    vf s0 = Vec::bcast(0.0f), s1 = s0, s2 = s0, s3 = s0;
     for (int64_t d = 0; d < h.D; ++d) {
-      const vf ad = splat(a[d]);
+      const vf ad = Vec::bcast(a[d]);
       const float* m = M + d * h.Tkp + jv * kVec;
-      s0 += ad * load(m);
-      s1 += ad * load(m + kVec);
-      s2 += ad * load(m + 2 * kVec);
-      s3 += ad * load(m + 3 * kVec);
+      s0 += ad * Vec::load(m);
+      s1 += ad * Vec::load(m + kVec);
+      s2 += ad * Vec::load(m + 2 * kVec);
+      s3 += ad * Vec::load(m + 3 * kVec);
     }
-    store(out + jv * kVec, s0 * splat(scale));
-    store(out + (jv + 1) * kVec, s1 * splat(scale));
-    store(out + (jv + 2) * kVec, s2 * splat(scale));
-    store(out + (jv + 3) * kVec, s3 * splat(scale));
+    Vec::store(out + jv * kVec, s0 * Vec::bcast(scale));
+    Vec::store(out + (jv + 1) * kVec, s1 * Vec::bcast(scale));
+    Vec::store(out + (jv + 2) * kVec, s2 * Vec::bcast(scale));
+    Vec::store(out + (jv + 3) * kVec, s3 * Vec::bcast(scale));
   }
   for (; jv < nv; ++jv) {
-    vf s0 = splat(0.0f);
-    for (int64_t d = 0; d < h.D; ++d) s0 += splat(a[d]) * load(M + d * h.Tkp + jv * kVec);
-    store(out + jv * kVec, s0 * splat(scale));
+    vf s0 = Vec::bcast(0.0f);
+    for (int64_t d = 0; d < h.D; ++d) s0 += Vec::bcast(a[d]) * Vec::load(M + d * h.Tkp + jv * kVec);
+    Vec::store(out + jv * kVec, s0 * Vec::bcast(scale));
   }
 }
 
 // out[d] = scale * sum_j p[j] * M[d][j] over the nv vectors of keys.
-HPS_INLINE void dots(const float* p, const float* M, const Head& h, int64_t nv, float scale, float* out,
-                     int64_t stride) {
+HPS_INLINE void dots(const float* p, const float* M, const Head& h, int64_t nv, float scale, float* out) {
   int64_t d = 0;
   for (; d + 4 <= h.D; d += 4) {
-    vf s0 = splat(0.0f), s1 = s0, s2 = s0, s3 = s0;
+    vf s0 = Vec::bcast(0.0f), s1 = s0, s2 = s0, s3 = s0;
     const float* m = M + d * h.Tkp;
     for (int64_t jv = 0; jv < nv; ++jv) {
-      const vf pj = load(p + jv * kVec);
-      s0 += pj * load(m + jv * kVec);
-      s1 += pj * load(m + h.Tkp + jv * kVec);
-      s2 += pj * load(m + 2 * h.Tkp + jv * kVec);
-      s3 += pj * load(m + 3 * h.Tkp + jv * kVec);
+      const vf pj = Vec::load(p + jv * kVec);
+      s0 += pj * Vec::load(m + jv * kVec);
+      s1 += pj * Vec::load(m + h.Tkp + jv * kVec);
+      s2 += pj * Vec::load(m + 2 * h.Tkp + jv * kVec);
+      s3 += pj * Vec::load(m + 3 * h.Tkp + jv * kVec);
     }
-    out[d * stride] = hsum(s0) * scale;
-    out[(d + 1) * stride] = hsum(s1) * scale;
-    out[(d + 2) * stride] = hsum(s2) * scale;
-    out[(d + 3) * stride] = hsum(s3) * scale;
+    out[d] = hsum(s0) * scale;
+    out[d + 1] = hsum(s1) * scale;
+    out[d + 2] = hsum(s2) * scale;
+    out[d + 3] = hsum(s3) * scale;
   }
   for (; d < h.D; ++d) {
-    vf s0 = splat(0.0f);
-    for (int64_t jv = 0; jv < nv; ++jv) s0 += load(p + jv * kVec) * load(M + d * h.Tkp + jv * kVec);
-    out[d * stride] = hsum(s0) * scale;
+    vf s0 = Vec::bcast(0.0f);
+    for (int64_t jv = 0; jv < nv; ++jv) s0 += Vec::load(p + jv * kVec) * Vec::load(M + d * h.Tkp + jv * kVec);
+    out[d] = hsum(s0) * scale;
   }
 }
 
 // M[d][j] += a[d] * p[j] over the nv vectors of keys (independent updates: no chain to wait on).
 HPS_INLINE void add_outer(const float* a, const float* p, const Head& h, int64_t nv, float* M) {
   for (int64_t d = 0; d < h.D; ++d) {
-    const vf ad = splat(a[d]);
+    const vf ad = Vec::bcast(a[d]);
     float* m = M + d * h.Tkp;
-    for (int64_t jv = 0; jv < nv; ++jv) store(m + jv * kVec, load(m + jv * kVec) + ad * load(p + jv * kVec));
+    for (int64_t jv = 0; jv < nv; ++jv)
+      Vec::store(m + jv * kVec, Vec::load(m + jv * kVec) + ad * Vec::load(p + jv * kVec));
   }
 }
 
 // Row i's probabilities in place of its scores: exp(s - shift), +0 past its last key.
 HPS_INLINE void probabilities(float* s, int64_t n, int64_t nv, float shift) {
-  for (int64_t jv = 0; jv < nv; ++jv) store(s + jv * kVec, vexp(load(s + jv * kVec) - splat(shift)));
+  for (int64_t jv = 0; jv < nv; ++jv) Vec::store(s + jv * kVec, vexp(Vec::load(s + jv * kVec) - Vec::bcast(shift)));
   for (int64_t j = n; j < nv * kVec; ++j) s[j] = 0.0f;
 }
 
@@ -199,27 +183,27 @@ HPS_CLONES void attention_head(const float* __restrict__ q, int64_t qs, const fl
   transpose_in(k, ks, h, Kt);
   transpose_in(v, vs, h, Vt);
   for (int64_t i = 0; i < h.Tq; ++i) {
-    const int64_t n = h.keys(i), nv = (n + kVec - 1) / kVec;
+    const int64_t n = h.keys(i), nv = Head::vectors(n);
     float* s = S + i * h.Tkp;
     row_times(q + i * qs, Kt, h, nv, h.scale, s);
     for (int64_t j = n; j < nv * kVec; ++j) s[j] = -std::numeric_limits<float>::infinity();
   }
   for (int64_t i = 0; i < h.Tq; ++i) {
-    const int64_t n = h.keys(i), nv = (n + kVec - 1) / kVec;
+    const int64_t n = h.keys(i), nv = Head::vectors(n);
     float* s = S + i * h.Tkp;
-    vf mv = load(s);
-    for (int64_t jv = 1; jv < nv; ++jv) mv = vmax(mv, load(s + jv * kVec));
+    vf mv = Vec::load(s);
+    for (int64_t jv = 1; jv < nv; ++jv) mv = vmax(mv, Vec::load(s + jv * kVec));
     const float m = hmax(mv);
     probabilities(s, n, nv, m);
-    vf lv = splat(0.0f);
-    for (int64_t jv = 0; jv < nv; ++jv) lv += load(s + jv * kVec);
+    vf lv = Vec::bcast(0.0f);
+    for (int64_t jv = 0; jv < nv; ++jv) lv += Vec::load(s + jv * kVec);
     const float l = hsum(lv);
     inv[i] = 1.0f / l;
     lse[i] = m + std::log(l);
   }
   for (int64_t i = 0; i < h.Tq; ++i) {
-    const int64_t n = h.keys(i), nv = (n + kVec - 1) / kVec;
-    dots(S + i * h.Tkp, Vt, h, nv, inv[i], o + i * os, 1);
+    const int64_t n = h.keys(i), nv = Head::vectors(n);
+    dots(S + i * h.Tkp, Vt, h, nv, inv[i], o + i * os);
   }
 }
 
@@ -238,13 +222,13 @@ HPS_CLONES void attention_head_backward(const float* __restrict__ go, const floa
   std::fill_n(dKt, h.D * h.Tkp, 0.0f);
   std::fill_n(dVt, h.D * h.Tkp, 0.0f);
   for (int64_t i = 0; i < h.Tq; ++i) {
-    const int64_t n = h.keys(i), nv = (n + kVec - 1) / kVec;
+    const int64_t n = h.keys(i), nv = Head::vectors(n);
     float* p = P + i * h.Tkp;
     row_times(q + i * qs, Kt, h, nv, h.scale, p);
     probabilities(p, n, nv, lse[i]);
   }
   for (int64_t i = 0; i < h.Tq; ++i) {
-    const int64_t n = h.keys(i), nv = (n + kVec - 1) / kVec;
+    const int64_t n = h.keys(i), nv = Head::vectors(n);
     const float* gi = go + i * os;
     float* ds = dS + i * h.Tkp;
     row_times(gi, Vt, h, nv, 1.0f, ds);  // dP_ij = dO_i . v_j
@@ -252,14 +236,14 @@ HPS_CLONES void attention_head_backward(const float* __restrict__ go, const floa
     for (int64_t d = 0; d < h.D; ++d) delta += gi[d] * o[i * os + d];
     // scale * dS_ij = scale * P_ij (dP_ij - delta_i): the gradient of the raw products q_i . k_j,
     // from which q's and k's follow.
-    const vf dl = splat(delta), sc = splat(h.scale);
+    const vf dl = Vec::bcast(delta), sc = Vec::bcast(h.scale);
     const float* p = P + i * h.Tkp;
     for (int64_t jv = 0; jv < nv; ++jv)
-      store(ds + jv * kVec, load(p + jv * kVec) * (load(ds + jv * kVec) - dl) * sc);
+      Vec::store(ds + jv * kVec, Vec::load(p + jv * kVec) * (Vec::load(ds + jv * kVec) - dl) * sc);
   }
   for (int64_t i = 0; i < h.Tq; ++i) {
-    const int64_t n = h.keys(i), nv = (n + kVec - 1) / kVec;
-    dots(dS + i * h.Tkp, Kt, h, nv, 1.0f, dq + i * dqs, 1);  // dQ_i = sum_j scale dS_ij k_j
+    const int64_t n = h.keys(i), nv = Head::vectors(n);
+    dots(dS + i * h.Tkp, Kt, h, nv, 1.0f, dq + i * dqs);  // dQ_i = sum_j scale dS_ij k_j
     add_outer(go + i * os, P + i * h.Tkp, h, nv, dVt);       // dV_j += P_ij dO_i
     add_outer(q + i * qs, dS + i * h.Tkp, h, nv, dKt);       // dK_j += scale dS_ij q_i
   }
@@ -288,7 +272,7 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, in
 
 Head head_of(const at::Tensor& q, const at::Tensor& k, int64_t heads, bool causal) {
   const int64_t D = q.size(2) / heads, Tk = k.size(1);
-  return Head{q.size(1), Tk, (Tk + kVec - 1) / kVec * kVec, D, causal, 1.0f / std::sqrt(static_cast<float>(D))};
+  return Head{q.size(1), Tk, Head::vectors(Tk) * kVec, D, causal, 1.0f / std::sqrt(static_cast<float>(D))};
 }
 
 // Returns o (B, Tq, E) and the log-sum-exp of each query's scores, (B, H, Tq).
@@ -325,7 +309,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(const at::Tens
   TORCH_CHECK(o.is_contiguous() && o.sizes() == q.sizes() && lse.is_contiguous() && lse.numel() == B * heads * h.Tq,
               "attention_backward: o and lse as the forward returned them expected");
   const auto g = grad.contiguous();
-  TORCH_CHECK(g.sizes() == o.sizes() && g.scalar_type() == at::kFloat, "attention_backward: grad shaped like o expected");
+  TORCH_CHECK(g.sizes() == o.sizes() && g.scalar_type() == at::kFloat,
+              "attention_backward: grad shaped like o expected");
   auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
        dv = at::empty(v.sizes(), v.options());
   const float *gp = g.const_data_ptr<float>(), *qp = q.const_data_ptr<float>(), *kp = k.const_data_ptr<float>(),

@@ -39,15 +39,9 @@
 #define HPS_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #endif
 
-// The generic code is compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the
-// CPU (gcc's function multi-versioning), so the cached build runs on any x86-64 machine at its
-// width (other compilers and CPUs: one baseline build); the hottest rows also have AVX-512
-// intrinsics versions (HPS_AVX512, chosen at run time).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define HPS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define HPS_CLONES
-#endif
+// The generic code is compiled for each ISA by HPS_CLONES (cpu_simd.h); the hottest rows also
+// have AVX-512 intrinsics versions (HPS_AVX512, chosen at run time).
+#include "cpu_simd.h"
 
 namespace {
 
@@ -56,13 +50,9 @@ constexpr uint8_t kEven = 0, kOdd = 1, kCut = 2;
 // float result, is the same on any number of threads.
 constexpr int64_t kChunk = 8;
 
-// The generic code's vectors: the compilers' vector extension (gcc and clang), 8 floats, one AVX2
-// register (a baseline x86-64 or an ARM build splits it in two), compiled by HPS_CLONES at each
-// ISA's width. Comparisons give -1 / 0 lanes; a cast between vector types keeps the bits.
-typedef float vf8 __attribute__((vector_size(32), aligned(4)));  // aligned(4): loads from any float
-typedef int32_t vi8 __attribute__((vector_size(32), aligned(4)));
+// The generic code's vectors: vf8 (cpu_simd.h), 8 floats, one AVX2 register (a baseline x86-64 or
+// an ARM build splits it in two), compiled by HPS_CLONES at each ISA's width.
 typedef uint8_t vu32 __attribute__((vector_size(32), aligned(1)));
-#define HPS_INLINE inline __attribute__((always_inline))  // into the HPS_CLONES caller, at its ISA
 
 constexpr int64_t kVec = 8;
 
@@ -116,49 +106,9 @@ HPS_INLINE vi8 load_codes(const uint8_t* code) {
 #define HPS_SHUF(a, b, ...) __builtin_shuffle(a, b, vi8{__VA_ARGS__})
 #endif
 
-// The direct convolutions below are written once for a vector of L floats: Lanes<8> (vf8, any
-// CPU) and, where the CPU has AVX-512, Lanes<16>: one zmm register, only ever inlined into
-// HPS_TARGET_AVX512 functions, so that no other CPU runs it. bcast is lane 0 to all (a
-// vbroadcastss; V{} + s would not be one, and 0 + -0 is +0), with the shuffle in the member
-// itself: one that called a helper for it compiled to 7 lane inserts in every clone (gcc 12.2),
-// and the 8-float conv2 ran 5x slower.
-template <int L>
-struct VecOf;
-template <>
-struct VecOf<8> {
-  using V = vf8;
-  using I = vi8;
-};
-#ifdef HPS_AVX512
-typedef float vf16 __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
-template <>
-struct VecOf<16> {
-  using V = vf16;
-  using I = vi16;
-};
-#endif
-
-template <int L>
-struct Lanes {
-  using V = typename VecOf<L>::V;
-  static HPS_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static HPS_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
-  static HPS_INLINE V bcast(float s) {
-#if defined(__clang__)
-    if constexpr (L == 8)
-      return __builtin_shufflevector(V{s}, V{s}, 0, 0, 0, 0, 0, 0, 0, 0);
-    else
-      return __builtin_shufflevector(V{s}, V{s}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-#else
-    return __builtin_shuffle(V{s}, typename VecOf<L>::I{});
-#endif
-  }
-};
+// The direct convolutions below are written once for a vector of L floats (Lanes, cpu_simd.h):
+// Lanes<8> (vf8, any CPU) and, where the CPU has AVX-512, Lanes<16>: one zmm register, only ever
+// inlined into HPS_TARGET_AVX512 functions here, so that no other CPU runs it.
 constexpr int64_t kMaxLanes = 16;
 
 // The 8 x 8 block at src (row stride ss) transposed to dst (row stride ds): 24 shuffles, which

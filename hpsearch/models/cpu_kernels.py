@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("cnn2d_cpu.cpp", "attention_cpu.cpp"))
+# The kernel files and the header they share: all copied into the build folder and hashed into its
+# name; the .cpp files are compiled.
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("cnn2d_cpu.cpp", "attention_cpu.cpp", "cpu_simd.h"))
 NAME = "hpsearch_cnn2d_cpu"
 ENV = "HPSEARCH_CPU_KERNELS"  # "0": never build or use them
 # Measuring switches read by the C++ (any value but "" or "0..." sets them): the generic code on
@@ -201,7 +203,7 @@ def _load():
                 copies.append(str(source))
             cpp_extension.load(
                 name=NAME,
-                sources=copies,
+                sources=[c for c in copies if c.endswith(".cpp")],
                 extra_cflags=flags,
                 extra_ldflags=flags[1:],
                 build_directory=str(folder),
